@@ -1,0 +1,11 @@
+"""mmef: EfficientFormer backbones for the OpenMMLab 2.x stack.
+
+``custom_imports = dict(imports=['mmef'], allow_failed_imports=False)`` in an mmdet or mmseg
+config registers the ``EfficientFormer`` backbone and lets torch load mmengine runner
+checkpoints with ``weights_only=True`` (see :mod:`mmef.checkpoint`).
+"""
+from . import checkpoint  # noqa: F401  (registers the safe-loading allowlist)
+from .models import EfficientFormer
+from .version import __version__
+
+__all__ = ['EfficientFormer', '__version__']

@@ -1,0 +1,134 @@
+"""Environment self-check: ``python -m mmef.check``.
+
+Prints the versions of the stack, whether mmcv's compiled ops run, whether the backbone is
+registered where mmdet and mmseg look, and how torch loads checkpoints. Exits 1 with a one-line
+fix per broken item.
+"""
+import argparse
+import importlib
+import io
+import sys
+
+SETUP = 'bash scripts/setup.sh'
+MMCV_FIX = ('rebuild mmcv with its ops: pip uninstall -y mmcv mmcv-lite && MMCV_WITH_OPS=1 '
+            'FORCE_CUDA=0 pip install --no-build-isolation mmcv==2.1.0 (or run ' + SETUP + ')')
+
+
+def _version(name):
+    try:
+        return importlib.import_module(name).__version__, None
+    except Exception as err:  # report any import failure, not only ImportError
+        return None, f'{type(err).__name__}: {err}'.splitlines()[0]
+
+
+def check_versions():
+    rows, problems = [], []
+    fixes = {'torch': 'pip install torch==2.13.0 (CPU) or the build matching your CUDA',
+             'mmcv': MMCV_FIX, 'mmengine': 'pip install mmengine==0.10.7',
+             'mmdet': 'pip install mmdet==3.3.0', 'mmseg': 'pip install mmsegmentation==1.2.2'}
+    for name in fixes:
+        version, err = _version(name)
+        rows.append((name, version or 'missing'))
+        if err:
+            problems.append(f'{name} does not import ({err}); fix: {fixes[name]}')
+    version, _ = _version('mmcv')
+    if version:
+        major_minor = tuple(int(p) for p in version.split('.')[:2])
+        if not (2, 0) <= major_minor < (2, 2):
+            problems.append(f'mmcv {version} is outside >=2.0,<2.2 that mmdet 3.3 / mmseg 1.2.2 '
+                            f'accept; fix: {MMCV_FIX}')
+    return rows, problems
+
+
+def check_mmcv_ops():
+    try:
+        import torch
+        from mmcv.ops import nms
+        boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.], [20., 20., 30., 30.]])
+        _, keep = nms(boxes, torch.tensor([0.9, 0.8, 0.7]), iou_threshold=0.5)
+        if keep.tolist() != [0, 2]:
+            return 'no', [f'mmcv NMS returned {keep.tolist()}, expected [0, 2]; fix: {MMCV_FIX}']
+        return 'yes (NMS ran)', []
+    except Exception as err:
+        msg = f'{type(err).__name__}: {err}'.splitlines()[0]
+        return 'no', [f'mmcv compiled ops do not load ({msg}); fix: {MMCV_FIX}']
+
+
+def check_registry():
+    found, problems = [], []
+    try:
+        import mmef  # noqa: F401
+    except Exception as err:
+        return 'no', [f'mmef does not import ({err}); fix: pip install -e . (or {SETUP})']
+    for scope, module in (('mmdet', 'mmdet.registry'), ('mmseg', 'mmseg.registry')):
+        try:
+            registry = importlib.import_module(module).MODELS
+            cls = registry.get('EfficientFormer')
+            if cls is None or registry.get('mmef.EfficientFormer') is not cls:
+                raise LookupError('EfficientFormer not found')
+            found.append(scope)
+        except Exception as err:
+            problems.append(f'EfficientFormer is not visible in {module}.MODELS ({err}); fix: '
+                            f'reinstall mmef (pip install -e .) and add custom_imports='
+                            f"dict(imports=['mmef'], allow_failed_imports=False) to the config")
+    return (', '.join(found) or 'no'), problems
+
+
+def check_weights_only():
+    """Whether torch.load defaults to weights_only, and whether our allowlist copes with it."""
+    import torch
+    from mmengine.logging import HistoryBuffer
+    buf = io.BytesIO()
+    torch.save({'args': argparse.Namespace(lr=1.), 'hub': HistoryBuffer([1., 2.])}, buf)
+    try:
+        buf.seek(0)
+        torch.load(buf)
+    except Exception as err:
+        msg = f'{type(err).__name__}: {err}'.splitlines()[0][:200]
+        return 'yes, and runner checkpoints fail to load', [
+            f'torch.load rejects runner checkpoints ({msg}); fix: import mmef before loading '
+            f"(custom_imports=dict(imports=['mmef']) in the config)"]
+    default = _weights_only_default(torch)
+    return f'{"yes" if default else "no"}; runner and original checkpoints load (allowlist)', []
+
+
+def _weights_only_default(torch):
+    buf = io.BytesIO()
+
+    class _Probe:  # a local class is refused under weights_only=True
+        pass
+
+    torch.save(_Probe(), buf)
+    buf.seek(0)
+    try:
+        torch.load(buf)
+        return False
+    except Exception:
+        return True
+
+
+def main():
+    rows, problems = check_versions()
+    checks = [('mmcv ops', check_mmcv_ops), ('EfficientFormer registered for', check_registry),
+              ('torch.load weights_only by default', check_weights_only)]
+    for label, fn in checks:
+        try:
+            value, found = fn()
+        except Exception as err:
+            value, found = 'error', [f'{label}: {type(err).__name__}: {err}; fix: {SETUP}']
+        rows.append((label, value))
+        problems += found
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f'{key:<{width}}  {value}')
+    if problems:
+        print(f'\n{len(problems)} problem(s):', file=sys.stderr)
+        for p in problems:
+            print(f'  - {p}', file=sys.stderr)
+        return 1
+    print('\nall checks passed')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
