@@ -1,7 +1,8 @@
 """Pure key mappings from foreign EfficientFormer checkpoints to mmef names.
 
-Each mapping takes a backbone-level state dict (no 'backbone.' prefix) and returns a new one;
-keys it does not know pass through unchanged, so applying a mapping twice is the same as once.
+Every mapping takes a backbone-level state dict (no 'backbone.' prefix) and returns a new dict. A
+mapping only acts on a dict of its own format (see :func:`detect_format`) and returns any other
+dict unchanged, so applying it twice is the same as once. Tensors are never copied or modified.
 
 mmef names:
     stem.conv{1,2}.{conv,bn}.*                        stem (two conv3x3-BN, stride 2 each)
@@ -11,19 +12,49 @@ mmef names:
     stages.3.attn_blocks.{j}.{norm1,norm2,mlp.fc1,mlp.fc2,ls1.gamma,ls2.gamma}.*   MB3D
     stages.3.attn_blocks.{j}.attn.{qkv,proj,bias_table}
     norm{i}.*                                          output GroupNorms, i = stage index
+The ImageNet classifier keeps the original names ``head.*``, ``dist_head.*`` and ``norm.*`` (the
+LayerNorm before the head); :data:`CLASSIFIER_PREFIXES` lists them.
+
+Source layouts (block j of stage i; in the last stage a parameter-free flatten takes the slot right
+after the last 4D block, so its 3D blocks start one index later):
+    original    patch_embed.{0,1,3,4}; network.{0,2,4,6}.j (stages) and network.{1,3,5}.{proj,norm}
+                (downsampling); layer_scale_{1,2}; token_mixer.attention_biases[_seg];
+                dense files: norm{0,2,4,6}
+    timm        stem.{conv1,norm1,conv2,norm2}; stages.i.downsample.{conv,norm}; stages.i.blocks.j;
+                ls{1,2}.gamma; head / head_dist / norm
+    mmpretrain  patch_embed.{0,1}.{conv,bn}; network.i.0.{conv,bn} (downsampling, i >= 1) with the
+                blocks after it; ls{1,2}.weight; norm3 (a LayerNorm in ImageNet files);
+                classifier head.head / head.dist_head outside the backbone
 """
 import re
 
 # keys of the original classifier, dropped when a backbone is initialised from ImageNet weights
 CLASSIFIER_PREFIXES = ('head.', 'dist_head.', 'norm.')
+FORMATS = ('original', 'timm', 'mmpretrain', 'mmef')
 
-_ORIG_STEM = {'0': 'conv1.conv', '1': 'conv1.bn', '3': 'conv2.conv', '4': 'conv2.bn'}
-_ORIG_4D = {'mlp.fc1': 'mlp.fc1.conv', 'mlp.norm1': 'mlp.fc1.bn', 'mlp.fc2': 'mlp.fc2.conv',
-            'mlp.norm2': 'mlp.fc2.bn', 'layer_scale_1': 'ls1.gamma', 'layer_scale_2': 'ls2.gamma'}
-_ORIG_3D = {'token_mixer.qkv': 'attn.qkv', 'token_mixer.proj': 'attn.proj',
-            'layer_scale_1': 'ls1.gamma', 'layer_scale_2': 'ls2.gamma'}
-# placeholders and index buffers the original code keeps only so other files load
-_ORIG_BUFFERS = ('token_mixer.attention_bias_idxs', 'token_mixer.attention_bias_idxs_seg')
+_BN = r'(weight|bias|running_mean|running_var|num_batches_tracked)'
+# keys that only one format has; counted to tell the formats apart
+_MARKERS = {
+    'original': [rf'^patch_embed\.[0134]\.{_BN}$', r'^network\.[135]\.(proj|norm)\.',
+                 r'^network\.\d+\.\d+\.layer_scale_[12]$'],
+    'timm': [r'^stem\.(conv[12]|norm[12])\.', r'^stages\.\d+\.downsample\.norm\.',
+             r'^stages\.\d+\.blocks\.\d+\.(mlp\.norm[12]|token_mixer)\.'],
+    'mmpretrain': [r'^patch_embed\.[01]\.(conv|bn)\.', r'^network\.\d+\.\d+\.ls[12]\.weight$'],
+    'mmef': [r'^stem\.conv[12]\.(conv|bn)\.', r'^stages\.\d+\.(attn_blocks|downsample\.bn)\.',
+             r'^stages\.\d+\.blocks\.\d+\.mlp\.fc[12]\.(conv|bn)\.'],
+}
+
+# inside a block: source name -> mmef name (prefix match on whole name components)
+_4D = {'mlp.fc1': 'mlp.fc1.conv', 'mlp.norm1': 'mlp.fc1.bn', 'mlp.fc2': 'mlp.fc2.conv',
+       'mlp.norm2': 'mlp.fc2.bn', 'layer_scale_1': 'ls1.gamma', 'layer_scale_2': 'ls2.gamma',
+       'ls1.weight': 'ls1.gamma', 'ls2.weight': 'ls2.gamma'}
+_3D = {'token_mixer.qkv': 'attn.qkv', 'token_mixer.proj': 'attn.proj',
+       'layer_scale_1': 'ls1.gamma', 'layer_scale_2': 'ls2.gamma',
+       'ls1.weight': 'ls1.gamma', 'ls2.weight': 'ls2.gamma'}
+_CONV_BN = {'proj': 'conv', 'norm': 'bn', 'conv': 'conv', 'bn': 'bn'}
+
+DROP_INDEX = 'index buffer (mmef derives it from the grid)'
+DROP_PLACEHOLDER = 'zero placeholder of the dense files (attention_biases_seg is the real table)'
 
 
 def _sub(name, table):
@@ -33,8 +64,132 @@ def _sub(name, table):
     return name
 
 
+def detect_format(state_dict):
+    """'original', 'timm', 'mmpretrain' or 'mmef' for a backbone-level state dict, else None.
+
+    Decided by keys only one layout has; when a dict mixes layouts the most frequent one wins.
+    """
+    counts = {fmt: sum(1 for k in state_dict if any(re.match(p, k) for p in patterns))
+              for fmt, patterns in _MARKERS.items()}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else None
+
+
 def is_original(state_dict):
-    return any(k.startswith(('patch_embed.', 'network.')) for k in state_dict)
+    return detect_format(state_dict) == 'original'
+
+
+def _num_4d(state_dict, pattern):
+    """Number of 4D blocks in the last stage: their BN-ed MLP names only exist in 4D blocks."""
+    idx = {int(m.group(1)) for k in state_dict for m in [re.match(pattern, k)] if m}
+    return max(idx) + 1 if idx else 0
+
+
+def _block(stage, j, rest, num_4d, has_seg, dropped, key):
+    """mmef name of ``rest`` in block slot ``j`` of ``stage`` (None when dropped)."""
+    if stage == 3 and j > num_4d:  # 3D block after the flatten slot
+        if rest.endswith(('attention_bias_idxs', 'attention_bias_idxs_seg')):
+            dropped[key] = DROP_INDEX
+            return None
+        if rest == 'token_mixer.attention_biases' and has_seg:
+            dropped[key] = DROP_PLACEHOLDER
+            return None
+        if rest in ('token_mixer.attention_biases', 'token_mixer.attention_biases_seg'):
+            rest = 'attn.bias_table'
+        return f'stages.3.attn_blocks.{j - num_4d - 1}.' + _sub(rest, _3D)
+    return f'stages.{stage}.blocks.{j}.' + _sub(rest, _4D)
+
+
+def _map_original(state_dict, dropped):
+    has_seg = needs_official_bias(state_dict)
+    num_4d = _num_4d(state_dict, r'network\.6\.(\d+)\.mlp\.norm1\.')
+    stem = {'0': 'conv1.conv', '1': 'conv1.bn', '3': 'conv2.conv', '4': 'conv2.bn'}
+    out = {}
+    for key, value in state_dict.items():
+        new = key
+        m = re.match(r'patch_embed\.(\d)\.(.+)$', key)
+        if m and m.group(1) in stem:
+            new = f'stem.{stem[m.group(1)]}.{m.group(2)}'
+        m = re.match(r'network\.(\d)\.(.+)$', key)
+        if m:
+            idx, rest = int(m.group(1)), m.group(2)
+            if idx % 2:  # downsampling between stages
+                new = f'stages.{(idx + 1) // 2}.downsample.' + _sub(rest, _CONV_BN)
+            else:
+                j, rest = rest.split('.', 1)
+                new = _block(idx // 2, int(j), rest, num_4d, has_seg, dropped, key)
+        m = re.match(r'norm([0246])\.(.+)$', key)
+        if m:
+            new = f'norm{int(m.group(1)) // 2}.{m.group(2)}'
+        if new is not None:
+            out[new] = value
+    return out
+
+
+def _map_timm(state_dict, dropped):
+    num_4d = _num_4d(state_dict, r'stages\.3\.blocks\.(\d+)\.mlp\.norm1\.')
+    stem = {'conv1': 'conv1.conv', 'norm1': 'conv1.bn', 'conv2': 'conv2.conv', 'norm2': 'conv2.bn'}
+    out = {}
+    for key, value in state_dict.items():
+        new = key
+        m = re.match(r'stem\.(conv[12]|norm[12])\.(.+)$', key)
+        if m:
+            new = f'stem.{stem[m.group(1)]}.{m.group(2)}'
+        m = re.match(r'stages\.(\d)\.downsample\.(.+)$', key)
+        if m:
+            new = f'stages.{m.group(1)}.downsample.' + _sub(m.group(2), _CONV_BN)
+        m = re.match(r'stages\.(\d)\.blocks\.(\d+)\.(.+)$', key)
+        if m:
+            new = _block(int(m.group(1)), int(m.group(2)), m.group(3), num_4d, False, dropped,
+                         key)
+        if key.startswith('head_dist.'):
+            new = 'dist_head.' + key[len('head_dist.'):]
+        if new is not None:
+            out[new] = value
+    return out
+
+
+def _map_mmpretrain(state_dict, dropped):
+    # in network.i (i >= 1) slot 0 is the downsampling conv, so block j sits in slot j + 1
+    num_4d = max(_num_4d(state_dict, r'network\.3\.(\d+)\.mlp\.norm1\.') - 1, 0)
+    # ImageNet files carry only norm3, a LayerNorm on tokens: the classifier's norm
+    classifier_norm = not any(re.match(r'norm[012]\.', k) for k in state_dict)
+    out = {}
+    for key, value in state_dict.items():
+        new = key
+        m = re.match(r'patch_embed\.([01])\.(.+)$', key)
+        if m:
+            new = f'stem.conv{int(m.group(1)) + 1}.' + _sub(m.group(2), _CONV_BN)
+        m = re.match(r'network\.(\d)\.(\d+)\.(.+)$', key)
+        if m:
+            stage, slot, rest = int(m.group(1)), int(m.group(2)), m.group(3)
+            if stage and slot == 0:
+                new = f'stages.{stage}.downsample.' + _sub(rest, _CONV_BN)
+            else:
+                new = _block(stage, slot - (stage > 0), rest, num_4d, False, dropped, key)
+        if classifier_norm and key.startswith('norm3.'):
+            new = 'norm.' + key[len('norm3.'):]
+        if new is not None:
+            out[new] = value
+    return out
+
+
+_MAPPERS = {'original': _map_original, 'timm': _map_timm, 'mmpretrain': _map_mmpretrain}
+
+
+def map_with_report(state_dict):
+    """(format, mapped dict, {dropped key: reason}) for a backbone-level state dict."""
+    fmt = detect_format(state_dict)
+    dropped = {}
+    if fmt not in _MAPPERS:
+        return fmt, dict(state_dict), dropped
+    return fmt, _MAPPERS[fmt](state_dict, dropped), dropped
+
+
+def _map_if(fmt, state_dict):
+    if detect_format(state_dict) != fmt:
+        return dict(state_dict)  # not this layout (e.g. already mapped): names could clash
+    return _MAPPERS[fmt](state_dict, {})
 
 
 def map_original(state_dict):
@@ -44,43 +199,20 @@ def map_original(state_dict):
     placeholder ``attention_biases`` they also carry. Index buffers are dropped: mmef derives them.
     The returned dict has the original classifier keys (head / dist_head / norm) unchanged.
     """
-    if not is_original(state_dict):
-        return dict(state_dict)  # already mapped: the output GroupNorm names would clash
-    has_seg = any(k.endswith('attention_biases_seg') for k in state_dict)
-    # in network.6 the flatten takes the slot right after the last 4D block
-    last = {int(m.group(1)) for k in state_dict
-            for m in [re.match(r'network\.6\.(\d+)\.mlp\.norm1\.', k)] if m}
-    num_4d = max(last) + 1 if last else 0
-    out = {}
-    for key, value in state_dict.items():
-        new = key
-        if key.endswith(_ORIG_BUFFERS):
-            continue
-        if key.endswith('token_mixer.attention_biases') and has_seg:
-            continue  # zero placeholder in the dense files
-        m = re.match(r'patch_embed\.(\d)\.(.+)$', key)
-        if m and m.group(1) in _ORIG_STEM:
-            new = f'stem.{_ORIG_STEM[m.group(1)]}.{m.group(2)}'
-        m = re.match(r'network\.(\d)\.(.+)$', key)
-        if m:
-            idx, rest = int(m.group(1)), m.group(2)
-            if idx % 2:  # downsampling between stages
-                new = f'stages.{(idx + 1) // 2}.downsample.' + _sub(rest, {'proj': 'conv',
-                                                                         'norm': 'bn'})
-            else:
-                b, rest = rest.split('.', 1)
-                stage, b = idx // 2, int(b)
-                if stage == 3 and b > num_4d:
-                    j = b - num_4d - 1
-                    rest = re.sub(r'^token_mixer\.attention_biases(_seg)?$', 'attn.bias_table', rest)
-                    new = f'stages.3.attn_blocks.{j}.' + _sub(rest, _ORIG_3D)
-                else:
-                    new = f'stages.{stage}.blocks.{b}.' + _sub(rest, _ORIG_4D)
-        m = re.match(r'norm([0246])\.(.+)$', key)
-        if m:
-            new = f'norm{int(m.group(1)) // 2}.{m.group(2)}'
-        out[new] = value
-    return out
+    return _map_if('original', state_dict)
+
+
+def map_timm(state_dict):
+    """timm ``efficientformer_l*`` -> mmef names (``head_dist`` becomes ``dist_head``)."""
+    return _map_if('timm', state_dict)
+
+
+def map_mmpretrain(state_dict):
+    """mmpretrain EfficientFormer backbone (``backbone.`` prefix removed) -> mmef names.
+
+    A lone ``norm3`` (no norm0..2) is the LayerNorm of an ImageNet model and becomes ``norm.``.
+    """
+    return _map_if('mmpretrain', state_dict)
 
 
 def needs_official_bias(state_dict):
@@ -88,16 +220,6 @@ def needs_official_bias(state_dict):
     return any(k.endswith('attention_biases_seg') for k in state_dict)
 
 
-def detect_format(state_dict):
-    """'original' or 'mmef' for a backbone-level state dict (None if neither)."""
-    if is_original(state_dict):
-        return 'original'
-    if any(k.startswith(('stem.conv1.', 'stages.')) for k in state_dict):
-        return 'mmef'
-    return None
-
-
 def to_mmef(state_dict):
     """Maps a backbone-level state dict of any known format to mmef names (idempotent)."""
-    return map_original(state_dict) if detect_format(state_dict) == 'original' \
-        else dict(state_dict)
+    return map_with_report(state_dict)[1]
