@@ -113,5 +113,27 @@ class Attention(nn.Module):
             [self.key_dim, self.key_dim, self.val_dim], dim=3)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         bias = self.attn_bias(hw).to(q.dtype)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        if _use_inplace_attention(q):
+            x = self._attend_inplace(q, k, v, bias)
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
         return self.proj(x.transpose(1, 2).reshape(B, N, -1))
+
+    def _attend_inplace(self, q, k, v, bias):
+        """softmax(q k^T * scale + bias) v per sample, the bias added by the GEMM and the softmax
+        done in place: one (heads, N, N) buffer. With value width != key width CPU SDPA falls
+        back to its unfused math path, which is slower (docs/benchmark.md)."""
+        out = q.new_empty(q.shape[:-1] + v.shape[-1:])
+        for i in range(q.shape[0]):
+            logits = torch.baddbmm(bias, q[i], k[i].transpose(1, 2), alpha=self.scale)
+            torch.softmax(logits, -1, out=logits)
+            torch.bmm(logits, v[i], out=out[i])
+        return out
+
+
+def _use_inplace_attention(q):
+    """The in-place path is for CPU inference in eager mode; autograd, tracing / export and
+    other devices use scaled_dot_product_attention."""
+    return (q.device.type == 'cpu' and not torch.is_grad_enabled()
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+            and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling())

@@ -134,6 +134,7 @@ class EfficientFormer(BaseModule):
         self.norm_eval = norm_eval
         self.attn_bias_mode = attn_bias_mode
         self.attn_bias_resolution = attn_bias_resolution
+        self.deployed = False  # set by switch_to_deploy()
 
         widths, depths = self.arch['widths'], self.arch['depths']
         self.widths = tuple(widths)
@@ -227,7 +228,16 @@ class EfficientFormer(BaseModule):
             for param in module.parameters():
                 param.requires_grad = False
 
+    def switch_to_deploy(self, input_size=None):
+        """Folds BN / layer scales into weights for inference, in place; see :mod:`mmef.deploy`."""
+        from ..deploy import switch_to_deploy
+        return switch_to_deploy(self, input_size)
+
     def train(self, mode=True):
+        if mode and self.deployed:
+            raise RuntimeError('This EfficientFormer was switched to deploy mode (BN and layer '
+                               'scales folded into weights) and cannot be trained; build a new '
+                               'model (or load an undeployed checkpoint) to train.')
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:
