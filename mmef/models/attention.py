@@ -109,7 +109,7 @@ class Attention(nn.Module):
 
     def forward(self, x, hw):
         B, N, _ = x.shape
-        q, k, v = self.qkv(x).view(B, N, self.num_heads, -1).split(
+        q, k, v = self.qkv(x).view(B, N, self.num_heads, 2 * self.key_dim + self.val_dim).split(
             [self.key_dim, self.key_dim, self.val_dim], dim=3)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         bias = self.attn_bias(hw).to(q.dtype)
@@ -117,7 +117,7 @@ class Attention(nn.Module):
             x = self._attend_inplace(q, k, v, bias)
         else:
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-        return self.proj(x.transpose(1, 2).reshape(B, N, -1))
+        return self.proj(x.transpose(1, 2).reshape(B, N, self.num_heads * self.val_dim))
 
     def _attend_inplace(self, q, k, v, bias):
         """softmax(q k^T * scale + bias) v per sample, the bias added by the GEMM and the softmax

@@ -213,7 +213,7 @@ class EfficientFormer(BaseModule):
             x, hw = stage(x)
             if i in self.out_indices:
                 # tokens become a spatial map only here, at the output
-                feat = x if hw is None else x.transpose(1, 2).reshape(x.shape[0], -1, *hw)
+                feat = x if hw is None else x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *hw)
                 outs.append(getattr(self, f'norm{i}')(feat))
         return tuple(outs)
 
