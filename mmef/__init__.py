@@ -5,6 +5,7 @@ config registers the ``EfficientFormer`` backbone and lets torch load mmengine r
 checkpoints with ``weights_only=True`` (see :mod:`mmef.checkpoint`).
 """
 from . import checkpoint  # noqa: F401  (registers the safe-loading allowlist)
+from . import fileio  # noqa: F401  (registers the 'mmef_atomic' checkpoint file backend)
 from .models import EfficientFormer
 from .version import __version__
 

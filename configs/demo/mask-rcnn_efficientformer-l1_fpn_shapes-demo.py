@@ -1,0 +1,66 @@
+# CPU demo: the real L1 Mask R-CNN config trained from scratch on the synthetic COCO-style shapes
+# dataset (mmef.demo_data.make_coco_shapes; tools/demo.py writes it to data/demo/coco_shapes).
+# Overrides: data root and classes, image scale, batch, schedule (from scratch, no ImageNet
+# weights here, so a higher lr and a short warmup), evaluation interval.
+_base_ = '../mask_rcnn/mask-rcnn_efficientformer-l1_fpn_1x_coco.py'
+
+data_root = 'data/demo/coco_shapes/'
+metainfo = dict(
+    classes=('circle', 'square', 'triangle', 'star'),
+    palette=[(220, 20, 60), (0, 130, 230), (0, 160, 60), (250, 170, 30)])
+image_scale = (192, 192)
+max_epochs = 12
+batch_size = 4
+
+model = dict(
+    backbone=dict(init_cfg=None),  # no ImageNet weights: the backbone starts from scratch
+    roi_head=dict(bbox_head=dict(num_classes=4), mask_head=dict(num_classes=4)))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=image_scale, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=image_scale, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
+]
+train_dataloader = dict(
+    batch_size=batch_size,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(
+        data_root=data_root,
+        metainfo=metainfo,
+        ann_file='annotations/instances_train2017.json',
+        data_prefix=dict(img='train2017/'),
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=4,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(
+        data_root=data_root,
+        metainfo=metainfo,
+        ann_file='annotations/instances_val2017.json',
+        data_prefix=dict(img='val2017/'),
+        pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+test_evaluator = val_evaluator
+
+optim_wrapper = dict(optimizer=dict(lr=1e-3))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True,
+         milestones=[int(max_epochs * 2 / 3), int(max_epochs * 11 / 12)], gamma=0.1)
+]
+train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+default_hooks = dict(
+    logger=dict(interval=10),
+    checkpoint=dict(interval=max_epochs, max_keep_ckpts=1))
