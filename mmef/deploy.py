@@ -151,7 +151,7 @@ def switch_to_deploy(backbone, input_size=None):
 def precompute_attn_bias(backbone, input_size):
     """Fills every attention's bias cache for inputs of size (H, W) (eval mode)."""
     h, w = (int(v) for v in input_size)
-    for _ in range(4):  # stem (2) and three downsampling convs: k3 s2 p1, ceil(x / 2) each
+    for _ in range(5):  # stem (2) and three downsampling convs: k3 s2 p1, ceil(x / 2) each
         h, w = (h + 1) // 2, (w + 1) // 2
     for block in backbone.stages[-1].attn_blocks:
         block.attn.attn_bias((h, w))

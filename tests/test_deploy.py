@@ -1,0 +1,137 @@
+"""Deploy mode (mmef.deploy): folded model == unfused eval model, idempotence, training guard."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmef.deploy import fuse_conv_bn, switch_to_deploy, switch_to_deploy_model
+from mmef.models import EfficientFormer
+from mmef.models.layers import DropPath, LayerScale
+
+
+def randomize(model, seed=0):
+    """Non-trivial BN statistics / affine, LayerNorm / GroupNorm affine, O(1) layer scales and
+    random attention-bias tables, so that every fold is exercised."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, _BatchNorm):
+                m.running_mean.uniform_(-0.5, 0.5, generator=g)
+                m.running_var.uniform_(0.3, 2.0, generator=g)
+            if isinstance(m, (_BatchNorm, nn.LayerNorm, nn.GroupNorm)):
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.uniform_(-0.5, 0.5, generator=g)
+        for name, p in model.named_parameters():
+            if name.endswith('gamma'):
+                p.uniform_(0.5, 1.5, generator=g)
+            elif name.endswith('bias_table'):
+                p.normal_(0, 1, generator=g)
+    return model
+
+
+def build(arch, **kwargs):
+    model = EfficientFormer(arch, **kwargs)
+    model.init_weights()
+    return randomize(model).eval()
+
+
+def reference(model, x):
+    # With autograd on, the unfused model takes the plain path (scaled_dot_product_attention,
+    # out-of-place ops), so the deployed fast paths are checked against independent kernels.
+    with torch.enable_grad():
+        return [o.detach() for o in model(x)]
+
+
+def assert_rel_close(outs, refs, tol=1e-4):
+    assert len(outs) == len(refs)
+    for out, ref in zip(outs, refs):
+        assert out.shape == ref.shape
+        err = ((out - ref).abs().max() / ref.abs().max()).item()
+        assert err <= tol, f'relative error {err:.2e} > {tol}'
+
+
+@pytest.mark.parametrize('arch,mode', [('l1', 'relative'), ('l1', 'official'),
+                                       ('l3', 'relative'), ('l7', 'relative')])
+def test_deployed_equals_unfused(arch, mode):
+    torch.manual_seed(0)
+    model = build(arch, attn_bias_mode=mode, attn_bias_resolution=5 if mode == 'official' else 7)
+    deployed = copy.deepcopy(model).switch_to_deploy()
+    for size in [(96, 128), (130, 70)]:  # the second: odd grids (ceil), non-square
+        batch = 2 if arch == 'l1' and size[0] == 96 else 1  # per-sample loop of the attention
+        x = torch.randn(batch, 3, *size)
+        refs = reference(model, x)
+        with torch.no_grad():
+            assert_rel_close(deployed(x), refs)
+        if size[0] == 96:  # the autograd path of the deployed model (lerp, SDPA) too
+            with torch.enable_grad():
+                assert_rel_close([o.detach() for o in deployed(x)], refs)
+
+
+def test_deploy_folds_and_drops_training_parts():
+    model = build('l1', drop_path_rate=0.1, with_cp=True)
+    deployed = copy.deepcopy(model).switch_to_deploy()
+    kinds = (_BatchNorm, DropPath)
+    assert any(isinstance(m, kinds) for m in model.modules())
+    assert not any(isinstance(m, kinds) for m in deployed.modules())
+    for stage in deployed.stages:
+        assert not stage.with_cp
+        for block in stage.blocks:  # MB4D: ls2 folded, ls1 (pool - x) kept on purpose
+            assert isinstance(block.ls2, nn.Identity) and isinstance(block.ls1, LayerScale)
+        for block in stage.attn_blocks:
+            assert isinstance(block.ls1, nn.Identity) and isinstance(block.ls2, nn.Identity)
+            assert not block.norm1.elementwise_affine and not block.norm2.elementwise_affine
+    keys = deployed.state_dict().keys()
+    assert not any('.bn.' in k or 'running_mean' in k for k in keys)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert_rel_close(deployed(x), reference(model, x))
+
+
+def test_deploy_twice_is_harmless_and_training_is_refused():
+    model = build('l1')
+    deployed = copy.deepcopy(model).switch_to_deploy()
+    before = {k: v.clone() for k, v in deployed.state_dict().items()}
+    assert deployed.switch_to_deploy() is deployed
+    after = deployed.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert_rel_close(deployed(x), reference(model, x))
+    with pytest.raises(RuntimeError, match='deploy mode'):
+        deployed.train()
+    deployed.eval()  # eval stays allowed
+    assert not deployed.training
+
+
+def test_precompute_bias_for_input_size():
+    model = build('l1')
+    switch_to_deploy(model, input_size=(800, 1333))
+    attn = model.stages[3].attn_blocks[0].attn
+    # 800x1333 -> four ceil-halvings -> 25 x 42 tokens: strides 4..32 as in the forward
+    assert [key[0] for key in attn._bias_cache] == [(25, 42)]
+    assert attn._bias_cache[((25, 42), torch.device('cpu'))].shape == (8, 25 * 42, 25 * 42)
+
+
+def test_fuse_conv_bn_needs_running_stats():
+    conv, bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False)
+    with pytest.raises(ValueError, match='running statistics'):
+        fuse_conv_bn(conv, bn)
+
+
+def test_deploy_model_finds_backbone_and_rejects_others():
+    with pytest.raises(ValueError, match='no EfficientFormer'):
+        switch_to_deploy_model(nn.Sequential(nn.Conv2d(3, 3, 1)))
+    with pytest.raises(TypeError, match='switch_to_deploy_model'):
+        switch_to_deploy(nn.Sequential(nn.Conv2d(3, 3, 1)))
+    model = build('l1')
+    wrapper = nn.ModuleDict(dict(backbone=copy.deepcopy(model)))
+    switch_to_deploy_model(wrapper)
+    assert wrapper['backbone'].deployed
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert_rel_close(wrapper['backbone'](x), reference(model, x))
+    with pytest.raises(RuntimeError, match='deploy mode'):
+        wrapper.train()
