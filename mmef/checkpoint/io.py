@@ -56,13 +56,15 @@ def load_file(path, map_location='cpu'):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if 'weights_only' in str(err) or 'Unsupported global' in str(err):
-            first = str(err).strip().splitlines()[-1][:300]
+        # torch wraps every refusal in the same long text; the reason follows this marker
+        detail = str(err).split('WeightsUnpickler error:')[-1].strip().split('\n')[0][:300]
+        if 'Unsupported global' in detail or 'Unsupported class' in detail:
             raise CheckpointError(
                 f'refused to load {path!r}: it pickles objects outside the safe allowlist, and '
-                f'loading them could run arbitrary code ({first}). If you trust the file, '
+                f'loading them could run arbitrary code ({detail}). If you trust the file, '
                 f'convert it in a trusted environment to a plain state dict') from None
-        raise CheckpointError(f'{path!r} is not a readable PyTorch checkpoint ({err})') from None
+        raise CheckpointError(f'{path!r} is not a readable PyTorch checkpoint ({detail})') \
+            from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         msg = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise CheckpointError(f'{path!r} is truncated, corrupt or not a PyTorch checkpoint '
