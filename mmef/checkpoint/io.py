@@ -5,7 +5,8 @@ Three kinds of files users hold carry a few harmless extra types:
 
 * the original EfficientFormer ImageNet files: ``args`` is an ``argparse.Namespace``;
 * mmengine runner checkpoints (what our trainings save): the message hub holds
-  ``HistoryBuffer`` objects backed by numpy arrays;
+  ``HistoryBuffer`` objects backed by numpy arrays, whose statistics methods are pickled as
+  ``getattr(HistoryBuffer, name)`` (a stand-in resolves exactly those);
 * mmcv 1.x runner checkpoints (the original COCO / ADE20K weights): numpy scalars in ``meta``.
 
 Those types are added to torch's allowlist at ``import mmef``, so mmengine's own loader (resume,
@@ -25,9 +26,23 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and the fix."""
 
 
+def _history_buffer_getattr(obj, name):
+    """Stands in for ``builtins.getattr`` while unpickling.
+
+    mmengine's HistoryBuffer pickles its statistics methods as ``getattr(HistoryBuffer, 'mean')``;
+    only those attributes resolve, so the name ``getattr`` opens nothing else.
+    """
+    from mmengine.logging.history_buffer import HistoryBuffer
+    if obj is HistoryBuffer and name in {'min', 'max', 'current', 'mean',
+                                         *HistoryBuffer._statistics_methods}:
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(f'refusing getattr({obj!r}, {name!r}) while loading a checkpoint')
+
+
 def _safe_globals():
     from mmengine.logging.history_buffer import HistoryBuffer
-    allowed = [argparse.Namespace, HistoryBuffer, np.ndarray, np.dtype]
+    allowed = [argparse.Namespace, HistoryBuffer, np.ndarray, np.dtype,
+               (_history_buffer_getattr, 'builtins.getattr')]
     try:  # numpy 2 moved numpy.core to numpy._core
         from numpy._core import multiarray
     except ImportError:
