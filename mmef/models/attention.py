@@ -81,7 +81,8 @@ class Attention(nn.Module):
                 f'bias_mode={self.bias_mode!r}, bias_resolution={self.bias_resolution}')
 
     def train(self, mode=True):
-        self._bias_cache.clear()
+        if mode:  # weights may change from now on; eval() keeps the cache (and export's constant)
+            self._bias_cache.clear()
         return super().train(mode)
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -101,7 +102,8 @@ class Attention(nn.Module):
         """
         if self.training:
             return self._compute_bias(hw)
-        key = (tuple(hw), self.bias_table.device)
+        hw = tuple(int(v) for v in hw)  # plain ints: traced (ONNX export) sizes are tensors
+        key = (hw, self.bias_table.device)
         if key not in self._bias_cache:
             with torch.no_grad():
                 self._bias_cache[key] = self._compute_bias(hw)
