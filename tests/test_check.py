@@ -1,0 +1,44 @@
+"""`python -m mmef.check` reports the environment and fails with a fix when an item is broken."""
+import subprocess
+import sys
+
+
+def run_check(prelude=''):
+    code = f'{prelude}\nimport runpy\nrunpy.run_module("mmef.check", run_name="__main__")'
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_healthy_environment_passes():
+    proc = run_check()
+    assert proc.returncode == 0, proc.stderr
+    for item in ('torch', 'mmcv', 'mmengine', 'mmdet', 'mmseg', 'mmcv ops',
+                 'EfficientFormer registered for', 'torch.load weights_only by default'):
+        assert item in proc.stdout
+    assert 'yes (NMS ran)' in proc.stdout
+    assert 'mmdet, mmseg' in proc.stdout
+    assert 'all checks passed' in proc.stdout
+
+
+def test_mmcv_without_ops_fails_with_fix():
+    # what mmcv-lite looks like: the compiled extension mmcv._ext cannot be imported
+    proc = run_check("import sys; sys.modules['mmcv._ext'] = None")
+    assert proc.returncode == 1
+    assert 'mmcv ops                            no' in proc.stdout
+    fix = [line for line in proc.stderr.splitlines() if 'mmcv compiled ops do not load' in line]
+    assert len(fix) == 1 and 'MMCV_WITH_OPS=1' in fix[0] and 'mmcv==2.1.0' in fix[0]
+
+
+def test_unregistered_backbone_fails_with_fix():
+    prelude = ('import mmengine.registry as r, mmef.models as m\n'
+               "r.MODELS._module_dict.pop('EfficientFormer')")
+    proc = run_check(prelude)
+    assert proc.returncode == 1
+    assert 'EfficientFormer is not visible in mmdet.registry.MODELS' in proc.stderr
+    assert "custom_imports=dict(imports=['mmef']" in proc.stderr
+
+
+def test_wrong_mmcv_version_fails_with_fix():
+    proc = run_check("import mmcv; mmcv.__version__ = '2.2.0'")
+    assert proc.returncode == 1
+    assert 'mmcv 2.2.0 is outside >=2.0,<2.2' in proc.stderr
