@@ -13,6 +13,7 @@ against an independent re-computation of the original arithmetic.
   released ones (mmcv 1.x runner checkpoint; DeiT-style ImageNet training checkpoint).
 """
 import argparse
+import functools
 
 import numpy as np
 import torch
@@ -28,6 +29,11 @@ HEADS, KEY_DIM, VAL_DIM = 8, 32, 128
 
 def _pair_index(r):
     """(r*r, r*r) index of the offset table, numbered in first-seen order as the original does."""
+    return _pair_index_cached(r).clone()
+
+
+@functools.lru_cache(maxsize=None)
+def _pair_index_cached(r):
     points = [(a, b) for a in range(r) for b in range(r)]
     offsets, idx = {}, []
     for p in points:
