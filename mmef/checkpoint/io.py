@@ -71,9 +71,12 @@ def load_file(path, map_location='cpu'):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        # torch wraps every refusal in the same long text; the reason follows this marker
-        detail = str(err).split('WeightsUnpickler error:')[-1].strip().split('\n')[0][:300]
-        if 'Unsupported global' in detail or 'Unsupported class' in detail:
+        # torch wraps every refusal in the same long preamble; pick the line with the reason
+        lines = [ln.strip() for ln in str(err).split('WeightsUnpickler error:')[-1].splitlines()
+                 if ln.strip()]
+        unsafe = [ln for ln in lines if 'unsupported' in ln.lower() or 'blocked' in ln]
+        detail = (unsafe or lines or [type(err).__name__])[0][:300]
+        if unsafe:
             raise CheckpointError(
                 f'refused to load {path!r}: it pickles objects outside the safe allowlist, and '
                 f'loading them could run arbitrary code ({detail}). If you trust the file, '
