@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from _original_ref import make_original_backbone, original_forward, save_mmcv1_checkpoint
+from mmef.checkpoint import CheckpointError
 from mmef.checkpoint.convert import convert_checkpoint
 from mmef.checkpoint.keys import to_mmef
 from mmef.models import EfficientFormer
@@ -106,3 +107,18 @@ def test_original_runner_file_through_init_cfg(tmp_path, converted):
         ref = original_forward(original, x)
     for out, r in zip(_outputs(model, x), ref):
         assert _rel(out, r) <= RTOL
+
+
+def test_converted_dense_file_in_default_mode_names_the_setting(tmp_path):
+    """A converted COCO file holds 25x25 tables: the ImageNet-style default build is told why."""
+    original = make_original_backbone('l1', 25, seed=15)
+    save_mmcv1_checkpoint(tmp_path / 'coco.pth', {'backbone.' + k: v for k, v in original.items()})
+    convert_checkpoint(tmp_path / 'coco.pth', tmp_path / 'coco_mmef.pth')
+    model = EfficientFormer('l1', init_cfg=dict(type='Pretrained',
+                                                checkpoint=str(tmp_path / 'coco_mmef.pth')))
+    with pytest.raises(CheckpointError) as err:
+        model.init_weights()
+    msg = str(err.value)
+    assert str(tmp_path / 'coco_mmef.pth') in msg
+    assert "attn_bias_mode='official', attn_bias_resolution=25" in msg
+    assert '(8, 625)' in msg and '(8, 49)' in msg
