@@ -282,3 +282,26 @@ def test_failed_write_leaves_previous_file(files, tmp_path, monkeypatch):
         convert_checkpoint(files['root'] / 'in1k.pth', dst, force=True)
     assert dst.read_bytes() == b'previous good file'
     assert os.listdir(tmp_path) == ['out.pth']
+
+
+def test_mmengine_runner_checkpoint_and_dataparallel_prefix(files, tmp_path):
+    """An mmef training checkpoint (message hub, schedulers) and a 'module.'-prefixed file."""
+    from mmengine.logging import HistoryBuffer
+    convert_checkpoint(files['root'] / 'coco.pth', tmp_path / 'coco_mmef.pth')
+    weights = torch.load(tmp_path / 'coco_mmef.pth', weights_only=True)
+    hub = HistoryBuffer()
+    hub.update(0.5)
+    torch.save({'meta': {'epoch': 3, 'iter': 300}, 'state_dict': weights,
+                'message_hub': {'log_scalars': {'train/loss': hub}},
+                'optimizer': {'state': {}, 'param_groups': []}, 'param_schedulers': []},
+               tmp_path / 'epoch_3.pth')
+    s = convert_checkpoint(tmp_path / 'epoch_3.pth', tmp_path / 'epoch_3_mmef.pth')
+    assert (s['format'], s['kind']) == ('mmef', 'detection')
+    assert s['dropped_entries'] == ['message_hub', 'meta', 'optimizer', 'param_schedulers']
+    _assert_same(torch.load(tmp_path / 'epoch_3_mmef.pth', weights_only=True), weights)
+
+    wrapped = {'module.' + k: v for k, v in files['imagenet'].items()}
+    save_imagenet_checkpoint(tmp_path / 'ddp.pth', wrapped)
+    convert_checkpoint(tmp_path / 'ddp.pth', tmp_path / 'ddp_mmef.pth')
+    _assert_same(torch.load(tmp_path / 'ddp_mmef.pth', weights_only=True),
+                 to_mmef(files['imagenet']))
