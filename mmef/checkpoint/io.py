@@ -71,10 +71,14 @@ def load_file(path, map_location='cpu'):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        # torch wraps every refusal in the same long preamble; pick the line with the reason
+        # torch wraps every refusal in the same long preamble; pick the line with the reason.
+        # A disallowed callable is named as a GLOBAL ('Unsupported global: GLOBAL io.open',
+        # 'unsupported GLOBAL os.makedirs ... blocked'); other errors ('Unsupported operand 109'
+        # for a text file) mean the file is no checkpoint at all.
         lines = [ln.strip() for ln in str(err).split('WeightsUnpickler error:')[-1].splitlines()
                  if ln.strip()]
-        unsafe = [ln for ln in lines if 'unsupported' in ln.lower() or 'blocked' in ln]
+        unsafe = [ln for ln in lines if 'global' in ln.lower() or 'blocked' in ln]
+        lines = [ln for ln in lines if 'unsupported' in ln.lower()] or lines
         detail = (unsafe or lines or [type(err).__name__])[0][:300]
         if unsafe:
             raise CheckpointError(
