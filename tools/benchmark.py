@@ -1,0 +1,358 @@
+"""Latency and peak memory of EfficientFormer backbones and whole models, next to ResNets.
+
+Tasks:
+  backbone   forward of a backbone alone (default 1x3x800x1344, the padded 1333x800 input)
+  detector   Mask R-CNN inference (predict mode; default 1333x800 padded to 1344x800)
+  segmentor  Semantic FPN inference (predict mode; default 512x512)
+  train      one Mask R-CNN training iteration: loss, backward, AdamW step (default batch 2)
+
+Latency: all models of a run live in one process and are timed round-robin (one run of each in
+turn), so that load from other processes hits every row alike; after ``--warmup`` runs, the median
+and the min-max spread of ``--runs`` runs are reported, with ratios to ``--ref``. On CUDA,
+CUDA events time each run. Memory (``--memory``): each model is run again in a fresh subprocess
+(same size, 2 runs) and the peak resident set size (VmHWM) of that process is reported,
+total and above the RSS measured just before its first forward (weights and libraries excluded).
+
+Model names (backbone task): l1 l3 l7 (mmef, unfused eval), l1-deploy l3-deploy l7-deploy
+(:func:`mmef.deploy.switch_to_deploy`), l1-official (the original dense code's arithmetic:
+attn_bias_mode='official', resolution 25, unfused), l1-original (that, plus the original code's
+per-forward work: the bias is re-interpolated on every forward and attention runs as explicit
+out-of-place matmul / softmax / matmul), r18 r50 (mmdet ResNet, eval), r50-deploy (ResNet-50 with
+BN folded by mmcv and channels_last, i.e. the same treatment as l*-deploy).
+Whole-model tasks: l1, l1-deploy, l3, l3-deploy, ..., r50 (mmdet / mmseg R-50 configs).
+
+Example:
+    python tools/benchmark.py backbone --threads 2 --runs 10 \\
+        --models l1-official l1-original l1 l1-deploy l3 l3-deploy l7 l7-deploy r18 r50 r50-deploy
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+DEFAULT_SIZES = dict(backbone=(800, 1344), detector=(800, 1333), segmentor=(512, 512),
+                     train=(800, 1333))
+DEFAULT_BATCH = dict(backbone=1, detector=1, segmentor=1, train=2)
+CONFIGS = dict(
+    detector={
+        'l1': 'configs/mask_rcnn/mask-rcnn_efficientformer-l1_fpn_1x_coco.py',
+        'l3': 'configs/mask_rcnn/mask-rcnn_efficientformer-l3_fpn_1x_coco.py',
+        'l7': 'configs/mask_rcnn/mask-rcnn_efficientformer-l7_fpn_1x_coco.py',
+        'r50': 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'},
+    segmentor={
+        'l1': 'configs/semantic_fpn/fpn_efficientformer-l1_8xb4-40k_ade20k-512x512.py',
+        'l3': 'configs/semantic_fpn/fpn_efficientformer-l3_8xb4-40k_ade20k-512x512.py',
+        'l7': 'configs/semantic_fpn/fpn_efficientformer-l7_8xb4-40k_ade20k-512x512.py',
+        'r50': 'mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py'})
+CONFIGS['train'] = CONFIGS['detector']
+
+
+# ----------------------------------------------------------------------------- backbones
+def original_style_attention(attn):
+    """Makes an mmef Attention run the way the original dense code runs it on every forward:
+    the pair-matrix bias re-interpolated (no cache), explicit matmul / softmax / matmul."""
+    from mmef.models.attention import official_bias
+
+    def forward(x, hw):
+        B, N, _ = x.shape
+        q, k, v = attn.qkv(x).view(B, N, attn.num_heads, -1).permute(0, 2, 1, 3).split(
+            [attn.key_dim, attn.key_dim, attn.val_dim], dim=3)
+        bias = official_bias(attn.bias_table, attn.bias_resolution, N)
+        weights = ((q @ k.transpose(-2, -1)) * attn.scale + bias).softmax(dim=-1)
+        return attn.proj((weights @ v).transpose(1, 2).reshape(B, N, -1))
+
+    attn.forward = forward
+
+
+def build_backbone(name):
+    from mmef.models import EfficientFormer
+    from mmef.models.attention import Attention
+    arch, _, variant = name.partition('-')
+    if arch in ('r18', 'r50'):
+        import mmdet.models  # noqa: F401  (registers ResNet)
+        from mmdet.registry import MODELS
+        model = MODELS.build(dict(type='ResNet', depth=int(arch[1:]), out_indices=(0, 1, 2, 3),
+                                  norm_eval=True, style='pytorch'))
+        model.eval()  # (mmdet's ResNet.train returns None)
+        if variant == 'deploy':
+            from mmcv.cnn import fuse_conv_bn
+            model = fuse_conv_bn(model).to(memory_format=torch.channels_last)
+            model.forward = _channels_last_input(model.forward)
+        elif variant:
+            raise ValueError(f'unknown ResNet variant {name!r}')
+        return model
+    if variant in ('official', 'original'):
+        model = EfficientFormer(arch, attn_bias_mode='official', attn_bias_resolution=25).eval()
+        model.init_weights()
+        if variant == 'original':
+            for m in model.modules():
+                if isinstance(m, Attention):
+                    original_style_attention(m)
+        return model
+    model = EfficientFormer(arch).eval()
+    model.init_weights()
+    if variant == 'deploy':
+        model.switch_to_deploy()
+    elif variant:
+        raise ValueError(f'unknown model {name!r}')
+    return model
+
+
+def _channels_last_input(forward):
+    def wrapped(x):
+        return forward(x.contiguous(memory_format=torch.channels_last))
+    return wrapped
+
+
+# ----------------------------------------------------------------------------- whole models
+def build_whole(task, name):
+    """mmdet / mmseg model from our (or the upstream R-50) config, random weights, eval."""
+    from mmengine.hub import get_config
+    from mmengine.config import Config
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import init_default_scope
+    arch, _, variant = name.partition('-')
+    if arch not in CONFIGS[task] or variant not in ('', 'deploy'):
+        raise ValueError(f'unknown {task} model {name!r}; choose from {sorted(CONFIGS[task])} '
+                         '(+ "-deploy" for EfficientFormer)')
+    path = CONFIGS[task][arch]
+    cfg = get_config(path) if '::' in path else Config.fromfile(os.path.join(ROOT, path))
+    scope = 'mmseg' if task == 'segmentor' else 'mmdet'
+    init_default_scope(scope)
+    if scope == 'mmseg':
+        import mmseg.models  # noqa: F401
+        from mmseg.registry import MODELS
+    else:
+        import mmdet.models  # noqa: F401
+        from mmdet.registry import MODELS
+    cfg.model.backbone.pop('init_cfg', None)  # random weights: no checkpoint files needed
+    cfg.model.pop('pretrained', None)
+    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    model.init_weights()
+    if variant == 'deploy':
+        from mmef.deploy import switch_to_deploy_model
+        switch_to_deploy_model(model, fuse_others=True)
+    model.eval()
+    return model
+
+
+def whole_inputs(task, size, batch):
+    """Batch of random images (padded to 32) and data samples; ``train`` adds ground truth."""
+    h, w = size
+    ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
+    inputs = torch.randn(batch, 3, ph, pw)
+    meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(ph, pw), scale_factor=(1., 1.),
+                batch_input_shape=(ph, pw))
+    if task == 'segmentor':
+        from mmseg.structures import SegDataSample
+        return inputs, [SegDataSample(metainfo=meta) for _ in range(batch)]
+    import numpy as np
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+    samples = []
+    g = torch.Generator().manual_seed(0)
+    for _ in range(batch):
+        sample = DetDataSample(metainfo=meta)
+        if task == 'train':
+            n = 5
+            xy = torch.rand(n, 2, generator=g) * torch.tensor([w * .6, h * .6])
+            wh = 32 + torch.rand(n, 2, generator=g) * torch.tensor([w * .3, h * .3])
+            boxes = torch.cat([xy, xy + wh], 1)
+            masks = np.zeros((n, h, w), dtype=np.uint8)
+            for i, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):
+                masks[i, y0:y1, x0:x1] = 1
+            sample.gt_instances = InstanceData(
+                bboxes=boxes, labels=torch.randint(0, 80, (n, ), generator=g),
+                masks=BitmapMasks(masks, h, w))
+        samples.append(sample)
+    return inputs, samples
+
+
+# ----------------------------------------------------------------------------- runners
+def make_runner(task, name, size, batch, device, fp16):
+    """Returns a zero-argument callable doing one timed unit of work."""
+    if task == 'backbone':
+        model = build_backbone(name).to(device)
+        x = torch.randn(batch, 3, *size, device=device)
+        if fp16:
+            model, x = model.half(), x.half()
+
+        def run():
+            with torch.inference_mode():
+                model(x)
+        return run
+    model = build_whole(task, name).to(device)
+    inputs, samples = whole_inputs(task, size, batch)
+    inputs, samples = inputs.to(device), [s.to(device) for s in samples]
+    if task != 'train':
+        def run():
+            with torch.inference_mode(), torch.autocast(device.type, enabled=fp16):
+                model(inputs, samples, mode='predict')
+        return run
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=2e-4, weight_decay=1e-4)
+
+    def run():
+        losses = model(inputs, samples, mode='loss')
+        loss, _ = model.parse_losses(losses)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return run
+
+
+def time_once(run, device):
+    if device.type == 'cuda':
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1000
+    t0 = time.perf_counter()
+    run()
+    return time.perf_counter() - t0
+
+
+def _proc_status_mb(field):
+    # VmHWM (peak RSS of this address space) rather than ru_maxrss, which Linux carries over
+    # from the parent across fork + exec and so would report the benchmark parent's peak.
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f'{field} not found in /proc/self/status')
+
+
+def measure_memory_child(args):
+    """Runs in a fresh process: prints JSON with the RSS before the first run and the peak."""
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    run = make_runner(args.task, args.models[0], args.size, args.batch, device, args.fp16)
+    before = _proc_status_mb('VmRSS')
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(2):
+        run()
+    peak = _proc_status_mb('VmHWM')
+    out = dict(rss_before_mb=before, peak_rss_mb=peak)
+    if device.type == 'cuda':
+        out['cuda_peak_mb'] = torch.cuda.max_memory_allocated() / 2**20
+    print('MEMORY ' + json.dumps(out))
+
+
+def measure_memory(args, name):
+    cmd = [sys.executable, os.path.abspath(__file__), args.task, '--models', name, '--size',
+           *map(str, args.size), '--batch', str(args.batch), '--threads', str(args.threads),
+           '--device', args.device, '--memory-child'] + (['--fp16'] if args.fp16 else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    for line in proc.stdout.splitlines():
+        if line.startswith('MEMORY '):
+            return json.loads(line[len('MEMORY '):])
+    raise RuntimeError(f'memory subprocess for {name} failed:\n{proc.stderr[-2000:]}')
+
+
+def benchmark(args):
+    """Times all models round-robin; returns {name: [seconds per run]}."""
+    device = torch.device(args.device)
+    runners = {name: make_runner(args.task, name, args.size, args.batch, device, args.fp16)
+               for name in args.models}
+    for run in runners.values():
+        for _ in range(args.warmup):
+            run()
+    times = {name: [] for name in runners}
+    for _ in range(args.runs):
+        for name, run in runners.items():
+            times[name].append(time_once(run, device))
+    return times
+
+
+def report(args, times, memory):
+    ref = args.ref if args.ref in times else args.models[0]
+    ref_median = statistics.median(times[ref])
+    device = torch.cuda.get_device_name() if args.device == 'cuda' else platform.processor() \
+        or platform.machine()
+    print(f'\n{args.task}: batch {args.batch}, input {args.size[0]}x{args.size[1]}, '
+          f'{args.device} ({device}), torch {torch.__version__}, {args.threads} threads, '
+          f'{args.warmup} warm-up + {args.runs} timed runs (round-robin), '
+          f'{"fp16" if args.fp16 else "fp32"}')
+    mem_head = ' | peak RSS MB | RSS above pre-run MB' if memory else ''
+    print(f'| model | median ms | min-max ms | vs {ref}{mem_head} |')
+    print('|---|---|---|---|' + ('---|---|' if memory else ''))
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        row = (f'| {name} | {med * 1e3:.0f} | {min(ts) * 1e3:.0f}-{max(ts) * 1e3:.0f} | '
+               f'{med / ref_median:.2f}')
+        if memory:
+            m = memory[name]
+            row += f' | {m["peak_rss_mb"]:.0f} | {m["peak_rss_mb"] - m["rss_before_mb"]:.0f}'
+            if 'cuda_peak_mb' in m:
+                row += f' (CUDA {m["cuda_peak_mb"]:.0f})'
+        print(row + ' |')
+    pairs = [('l1-deploy', 'l1-official'), ('l1-deploy', 'l1-original'), ('l3-deploy', 'r50'),
+             ('l3-deploy', 'r50-deploy'), ('l1', 'r50'), ('l1-deploy', 'r18')]
+    pairs += [(f'{a}-deploy', a) for a in ('l1', 'l3', 'l7')]
+    lines = [f'{a} / {b} = {statistics.median(times[a]) / statistics.median(times[b]):.2f}'
+             for a, b in pairs if a in times and b in times]
+    if lines:
+        print('ratios of medians: ' + '; '.join(lines))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split('\n\n', 1)[1])
+    parser.add_argument('task', choices=sorted(DEFAULT_SIZES))
+    parser.add_argument('--models', nargs='+', help='model names (see above)')
+    parser.add_argument('--size', nargs=2, type=int, metavar=('H', 'W'))
+    parser.add_argument('--batch', type=int)
+    parser.add_argument('--runs', type=int, default=10)
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--threads', type=int, default=torch.get_num_threads())
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    parser.add_argument('--fp16', action='store_true', help='half precision (CUDA)')
+    parser.add_argument('--ref', default='l1-official', help='row the ratios refer to')
+    parser.add_argument('--memory', action='store_true',
+                        help='also peak memory, one fresh subprocess per model')
+    parser.add_argument('--memory-child', action='store_true', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.size = tuple(args.size or DEFAULT_SIZES[args.task])
+    args.batch = args.batch or DEFAULT_BATCH[args.task]
+    if args.models is None:
+        args.models = (['l1-official', 'l1-original', 'l1', 'l1-deploy', 'l3', 'l3-deploy', 'l7',
+                        'l7-deploy', 'r18', 'r50', 'r50-deploy'] if args.task == 'backbone'
+                       else ['l1', 'r50'] if args.task == 'train' else ['l1', 'l1-deploy', 'r50'])
+    if min(args.size) < 32 or args.batch < 1 or args.runs < 1 or args.threads < 1:
+        parser.error('--size must be >= 32, --batch, --runs and --threads >= 1')
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda: no CUDA device is available')
+    if args.fp16 and args.device != 'cuda':
+        parser.error('--fp16 needs --device cuda (CPU half-precision kernels are not fast)')
+    if args.task == 'train' and any(m.endswith('-deploy') for m in args.models):
+        parser.error('deployed models cannot be trained')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        return measure_memory_child(args)
+    times = benchmark(args)
+    memory = {name: measure_memory(args, name) for name in args.models} if args.memory else {}
+    report(args, times, memory)
+
+
+if __name__ == '__main__':
+    main()
