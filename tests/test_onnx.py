@@ -1,0 +1,77 @@
+"""tools/export_onnx.py: the deployed backbone in onnxruntime equals PyTorch (unfused) to 1e-4."""
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+ort = pytest.importorskip('onnxruntime', reason='onnxruntime is not installed (pip install '
+                          'onnxruntime); ONNX parity cannot be checked')
+
+_spec = importlib.util.spec_from_file_location(
+    'export_onnx', Path(__file__).resolve().parents[1] / 'tools' / 'export_onnx.py')
+export_onnx = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(export_onnx)
+
+
+def randomized_l1():
+    model = export_onnx.build_backbone('l1')
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, _BatchNorm):
+                m.running_mean.uniform_(-0.5, 0.5, generator=g)
+                m.running_var.uniform_(0.3, 2.0, generator=g)
+            if isinstance(m, (_BatchNorm, nn.LayerNorm, nn.GroupNorm)):
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.uniform_(-0.5, 0.5, generator=g)
+        for name, p in model.named_parameters():
+            if name.endswith('gamma'):
+                p.uniform_(0.5, 1.5, generator=g)
+            elif name.endswith('bias_table'):
+                p.normal_(0, 1, generator=g)
+    return model.eval()
+
+
+def test_onnx_matches_unfused_pytorch(tmp_path):
+    model = randomized_l1()
+    x = torch.randn(1, 3, 160, 224)
+    with torch.enable_grad():  # unfused, plain-kernel reference
+        expected = [o.detach() for o in copy.deepcopy(model)(x)]
+    path = tmp_path / 'l1.onnx'
+    deployed_out = export_onnx.export(model, x, str(path))
+    assert model.deployed  # export deploys the model it is given
+    session = export_onnx.ort_session(str(path), threads=1)
+    assert max(export_onnx.relative_errors(session, x, expected)) <= 1e-4
+    assert max(export_onnx.relative_errors(session, x, deployed_out)) <= 1e-4
+    # the bias of this size is baked in: no resize of the table left in the graph
+    import onnx
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert 'Resize' not in ops and 'Conv' in ops and 'BatchNormalization' not in ops
+
+
+def test_cli_exports_checks_and_times(tmp_path, capsys):
+    out = tmp_path / 'sub' / 'l1.onnx'
+    code = export_onnx.main(['--arch', 'l1', '--size', '96', '128', '--out', str(out),
+                             '--runs', '1', '--threads', '1'])
+    text = capsys.readouterr().out
+    assert code == 0 and out.is_file()
+    assert 'OK: onnxruntime matches PyTorch' in text and 'onnxruntime' in text
+
+
+def test_semantic_fpn_export(tmp_path):
+    pytest.importorskip('mmseg', reason='mmsegmentation is not installed')
+    config = Path(__file__).resolve().parents[1] / 'configs' / 'semantic_fpn' / \
+        'fpn_efficientformer-l1_8xb4-40k_ade20k-512x512.py'
+    model = export_onnx.build_segmentor(str(config))
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        expected = copy.deepcopy(model)(x)
+    path = tmp_path / 'fpn.onnx'
+    export_onnx.export(model, x, str(path))
+    session = export_onnx.ort_session(str(path), threads=1)
+    assert expected.shape == (1, 150, 32, 32)
+    assert max(export_onnx.relative_errors(session, x, [expected])) <= 1e-4
