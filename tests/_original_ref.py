@@ -263,6 +263,7 @@ def save_mmcv1_checkpoint(path, state_dict):
 
 def save_imagenet_checkpoint(path, state_dict):
     """The original ImageNet training checkpoint: model, optimizer, lr_scheduler, epoch, args."""
-    args = argparse.Namespace(model='efficientformer_l1', lr=1e-3, epochs=300, distillation_type='hard')
+    args = argparse.Namespace(model='efficientformer_l1', lr=1e-3, epochs=300,
+                              distillation_type='hard')
     torch.save({'model': dict(state_dict), 'optimizer': {'state': {}, 'param_groups': []},
                 'lr_scheduler': {'last_epoch': 299}, 'epoch': 299, 'args': args}, path)

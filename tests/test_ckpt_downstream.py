@@ -4,8 +4,8 @@ For L1 and L3: an mmdet / mmseg model is built from our config, its neck and hea
 original-format backbone with random non-trivial weights (tests/_original_ref.py) are saved as an
 mmcv 1.x runner checkpoint, exactly shaped like the released files. The file is converted, and
 a fresh model built from the same config with the ``--cfg-options`` line of the converter's
-summary (what the command line prints) loads it with mmengine's ``load_checkpoint(strict=True)`` (what
-``load_from`` / ``tools/test.py`` use): no missing or unexpected keys. The backbone then
+summary (what the command line prints) loads it with mmengine's ``load_checkpoint(strict=True)``
+(what ``load_from`` / ``tools/test.py`` use): no missing or unexpected keys. The backbone then
 reproduces the independent plain re-computation of the original forward at 256x320 and 250x330.
 """
 import argparse

@@ -109,7 +109,8 @@ def test_dense_runner_file_keeps_the_whole_model(files, tmp_path, name, resoluti
     text = format_summary(s)
     assert f'attn_bias_resolution={resolution}' in text
     assert (f'--cfg-options model.backbone.attn_bias_mode=official '
-            f'model.backbone.attn_bias_resolution={resolution} model.backbone.init_cfg=None') in text
+            f'model.backbone.attn_bias_resolution={resolution} '
+            f'model.backbone.init_cfg=None') in text
     assert 'dropped 2: index buffer' in text and 'dropped 1: zero placeholder' in text
 
 

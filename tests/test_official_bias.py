@@ -65,7 +65,7 @@ def test_official_equals_relative_on_the_tables_own_grid():
 
 
 def test_batch_and_train_mode_bias_match_eval(tmp_path):
-    """Batch of 2 different images; the training-mode (uncached, differentiable) bias is the same."""
+    """Batch of 2 images; the training-mode (uncached, differentiable) bias gives the same."""
     original = make_original_backbone('l1', 25, seed=13)
     model = EfficientFormer('l1', attn_bias_mode='official', attn_bias_resolution=25)
     model.load_state_dict(to_mmef(original), strict=True)

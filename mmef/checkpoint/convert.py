@@ -115,7 +115,7 @@ def _expected_keys(arch, resolution):
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _settings(fmt, dense, resolution, kind, arch):
+def _settings(dense, resolution, kind, arch):
     """The backbone setting and config the converted file needs, as printable text."""
     name = arch if isinstance(arch, str) else '<custom arch>'
     if dense:
@@ -138,8 +138,10 @@ def _settings(fmt, dense, resolution, kind, arch):
 def _write_atomic(obj, dst, force):
     """torch.save to a temp file in DST's folder, fsync, then rename over DST."""
     folder = os.path.dirname(os.path.abspath(dst))
-    fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(dst)}.', suffix='.tmp', dir=folder)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(dst)}.', suffix='.tmp',
+                                   dir=folder)
         with os.fdopen(fd, 'wb') as f:
             torch.save(obj, f)  # a file object: the archive name does not depend on DST's name
             f.flush()
@@ -152,7 +154,7 @@ def _write_atomic(obj, dst, force):
                                   f'(force=True) to overwrite it')
         os.replace(tmp, dst)
     except BaseException as err:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(err, OSError) and not isinstance(err, FileExistsError):
             raise OSError(f'could not write {dst!r} ({err}); nothing was written and an '
@@ -183,9 +185,10 @@ def convert_checkpoint(src, dst, force=False):
     src, dst = os.fspath(src), os.fspath(dst)
     _check_paths(dst, force)
     raw = load_file(src)
-    wrapped = isinstance(raw, dict) and any(
-        isinstance(raw.get(k), dict) for k in ('state_dict', 'model', 'module'))
-    entries = sorted(str(k) for k in raw) if wrapped else []
+    # top-level entries besides the weights (optimizer, meta, args, ...) are not written
+    container = next((k for k in ('state_dict', 'model', 'module')
+                      if isinstance(raw, dict) and isinstance(raw.get(k), dict)), None)
+    entries = sorted(str(k) for k in raw if k != container) if container else []
     state = state_dict_of(raw, src)
     backbone, rest = _split(state)
     fmt, mapped, dropped = map_with_report(backbone)
@@ -228,10 +231,9 @@ def convert_checkpoint(src, dst, force=False):
     renamed = sum(1 for k in mapped if k not in backbone)
     return dict(src=src, dst=dst, format=fmt, kind=kind, arch=arch, tensors=len(out),
                 mapped=len(mapped), renamed=renamed, kept=len(rest), dropped=dropped,
-                dropped_entries=[e for e in entries if e not in ('state_dict', 'model')],
-                left_over=left_over, missing=missing, classifier=classifier,
-                attn_bias_resolution=resolution, needs=_settings(fmt, dense, resolution, kind,
-                                                                  arch), sha256=sha256)
+                dropped_entries=entries, left_over=left_over, missing=missing,
+                classifier=classifier, attn_bias_resolution=resolution,
+                needs=_settings(dense, resolution, kind, arch), sha256=sha256)
 
 
 def format_summary(summary):
