@@ -201,9 +201,12 @@ def _write_bad(kind, path, files):
         path.write_text('model = dict(type="MaskRCNN")\n')
     elif kind == 'pickle_payload_zip':
         torch.save({'state_dict': _Payload(str(path) + '.marker')}, path)
-    elif kind == 'pickle_payload_raw':
+    elif kind == 'pickle_payload_raw':  # protocol 2: the unpickler reaches the GLOBAL
         with open(path, 'wb') as f:
             pickle.dump({'state_dict': _Payload(str(path) + '.marker')}, f, protocol=2)
+    elif kind == 'pickle_payload_raw_p4':  # protocol 4: stopped earlier, at a FRAME opcode
+        with open(path, 'wb') as f:
+            pickle.dump({'state_dict': _Payload(str(path) + '.marker')}, f, protocol=4)
     elif kind == 'resnet':
         g = torch.Generator().manual_seed(0)
         torch.save({'state_dict': {'conv1.weight': torch.randn(64, 3, 7, 7, generator=g),
@@ -221,6 +224,7 @@ def _write_bad(kind, path, files):
     ('text', CheckpointError, 'not a readable PyTorch checkpoint'),
     ('pickle_payload_zip', CheckpointError, 'could run arbitrary code'),
     ('pickle_payload_raw', CheckpointError, 'could run arbitrary code'),
+    ('pickle_payload_raw_p4', CheckpointError, 'not a readable PyTorch checkpoint'),
     ('resnet', CheckpointError, 'is not an EfficientFormer checkpoint'),
     ('tensor', CheckpointError, 'holds no state dict of tensors'),
 ])
