@@ -242,7 +242,8 @@ def format_summary(summary):
     lines = [f"converted {s['src']} ({s['format']} layout, {s['kind']}, EfficientFormer "
              f"{s['arch']}) -> {s['dst']}",
              f"  {s['mapped']} backbone tensors in mmef names ({s['renamed']} renamed), "
-             f"{s['kept']} neck/head tensors kept, {s['tensors']} tensors written"]
+             f"{s['kept']} {'classifier' if s['kind'] == 'imagenet' else 'neck/head'} tensors "
+             f"kept outside the backbone, {s['tensors']} tensors written"]
     reasons = {}
     for key, reason in s['dropped'].items():
         reasons.setdefault(reason, []).append(key)
