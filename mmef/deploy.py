@@ -10,6 +10,8 @@
   ``ls1`` of MB4D multiplies ``pool(x) - x``; the count-excluding average pool is not a
   convolution at the borders, so that scale is kept (folding it would not be exact);
 * stochastic depth and activation checkpointing (training-only) are removed;
+* the 4D part runs channels_last (oneDNN 1x1 convs and pooling are faster there); outputs are
+  returned in the usual contiguous NCHW layout;
 * the attention bias of each grid size is computed once and cached (optionally up front for a
   given input size, see ``input_size``).
 
@@ -112,6 +114,10 @@ def _deploy_mb3d(block):
     block.drop_path = nn.Identity()
 
 
+def _contiguous_input(module, args):
+    return tuple(a.contiguous() for a in args)
+
+
 def switch_to_deploy(backbone, input_size=None):
     """Rewrites an EfficientFormer in place for inference (see the module docstring).
 
@@ -141,6 +147,10 @@ def switch_to_deploy(backbone, input_size=None):
             stage.with_cp = False
         backbone.stem.channels_last = True
         backbone.to(memory_format=torch.channels_last)
+        for i in backbone.out_indices:
+            # outputs leave in NCHW: some consumers read raw memory (mmcv's CPU RoIAlign gives
+            # wrong values for channels_last maps, verified with mmcv 2.1.0)
+            getattr(backbone, f'norm{i}').register_forward_pre_hook(_contiguous_input)
         assert not any(isinstance(m, (_BatchNorm, DropPath)) for m in backbone.modules())
         backbone.deployed = True
     if input_size is not None:

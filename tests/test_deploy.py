@@ -135,3 +135,41 @@ def test_deploy_model_finds_backbone_and_rejects_others():
         assert_rel_close(wrapper['backbone'](x), reference(model, x))
     with pytest.raises(RuntimeError, match='deploy mode'):
         wrapper.train()
+
+
+def test_deployed_mask_rcnn_equals_unfused():
+    """Whole mmdet detector from our config: features and RoI-head outputs on the same proposals
+    (RoIAlign reads the maps' raw memory, so this also checks the output layout)."""
+    pytest.importorskip('mmdet', reason='mmdet (with mmcv ops) is not installed')
+    from pathlib import Path
+
+    import mmdet.models  # noqa: F401
+    from mmdet.registry import MODELS
+    from mmdet.structures import DetDataSample
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(str(Path(__file__).resolve().parents[1] / 'configs' / 'mask_rcnn' /
+                              'mask-rcnn_efficientformer-l1_fpn_1x_coco.py'))
+    cfg.model.backbone.pop('init_cfg')
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    randomize(model.backbone)
+    model.eval()
+    deployed = switch_to_deploy_model(copy.deepcopy(model), fuse_others=True)
+    assert deployed.backbone.deployed
+    x = torch.randn(1, 3, 160, 224)
+    samples = [DetDataSample(metainfo=dict(img_shape=(160, 224), ori_shape=(160, 224),
+                                           scale_factor=(1., 1.), pad_shape=(160, 224),
+                                           batch_input_shape=(160, 224)))]
+    with torch.no_grad():
+        feats = model.extract_feat(x)
+        proposals = model.rpn_head.predict(feats, samples, rescale=False)
+        expected = model.roi_head.forward(feats, proposals, samples)
+        feats_d = deployed.extract_feat(x)
+        got = deployed.roi_head.forward(feats_d, proposals, samples)
+    assert_rel_close(feats_d, feats)
+    assert_rel_close(got, expected)
+    assert all(f.is_contiguous() for f in deployed.backbone(x))
+    with pytest.raises(RuntimeError, match='deploy mode'):
+        deployed.train()
