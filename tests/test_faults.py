@@ -142,3 +142,13 @@ def test_every_checkpoint_error_names_the_file(tmp_path):
     with pytest.raises(CheckpointError) as err:
         init_from(path, arch='l7')
     assert str(path) in str(err.value) and 'stem.conv1.conv.weight' in str(err.value)
+
+
+def test_load_state_dict_with_other_bias_resolution_says_which_setting():
+    src = EfficientFormer('l1', attn_bias_mode='official', attn_bias_resolution=25)
+    dst = EfficientFormer('l1')
+    with pytest.raises(RuntimeError) as err:
+        dst.load_state_dict(src.state_dict())
+    assert ('stages.3.attn_blocks.0.attn.bias_table is a 25x25 attention-bias table in the '
+            "checkpoint and 7x7 in the model: build the backbone with attn_bias_resolution=25 "
+            "and attn_bias_mode='official'") in str(err.value)

@@ -10,6 +10,8 @@ whose grid offset is (dy, dx). Two ways to apply it to a token grid of another s
   COCO / ADE20K weights were trained with: expand the table to the (R*R, R*R) pair matrix and resize
   that matrix bicubically to (N, N). Only exact when the grid is R x R; kept to reproduce those weights.
 """
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -85,9 +87,20 @@ class Attention(nn.Module):
             self._bias_cache.clear()
         return super().train(mode)
 
-    def _load_from_state_dict(self, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
         self._bias_cache.clear()
-        super()._load_from_state_dict(*args, **kwargs)
+        table = state_dict.get(prefix + 'bias_table')
+        if table is not None and table.shape != self.bias_table.shape:
+            # mmengine's load_from is non-strict and only warns: say what setting the file needs
+            r, own = math.isqrt(table.shape[-1]), self.bias_resolution
+            hint = (" and attn_bias_mode='official' (the original COCO / ADE20K weights)"
+                    if r in (16, 25) else '')
+            error_msgs.append(f'{prefix}bias_table is a {r}x{r} attention-bias table in the '
+                              f'checkpoint and {own}x{own} in the model: build the backbone '
+                              f'with attn_bias_resolution={r}{hint}')
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     def _compute_bias(self, hw):
         if self.bias_mode == 'relative':
