@@ -173,3 +173,19 @@ def test_deployed_mask_rcnn_equals_unfused():
     assert all(f.is_contiguous() for f in deployed.backbone(x))
     with pytest.raises(RuntimeError, match='deploy mode'):
         deployed.train()
+
+
+def test_benchmark_tool_runs(capsys):
+    """tools/benchmark.py end to end on a tiny input (timings themselves are not asserted)."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        'benchmark', Path(__file__).resolve().parents[1] / 'tools' / 'benchmark.py')
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    benchmark.main(['backbone', '--size', '64', '96', '--runs', '2', '--warmup', '1',
+                    '--threads', '1', '--models', 'l1', 'l1-fold', 'l1-deploy', '--ref', 'l1'])
+    out = capsys.readouterr().out
+    assert '| l1-deploy |' in out and 'l1-deploy / l1 = ' in out
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(['train', '--models', 'l1-deploy'])

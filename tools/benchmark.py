@@ -5,6 +5,9 @@ Tasks:
   detector   Mask R-CNN inference (predict mode; default 1333x800 padded to 1344x800)
   segmentor  Semantic FPN inference (predict mode; default 512x512)
   train      one Mask R-CNN training iteration: loss, backward, AdamW step (default batch 2)
+  attention  one MB3D attention (C=448) on the stride-32 grid of --size: models 'sdpa'
+             (torch's scaled_dot_product_attention with the bias) and 'inplace' (mmef's CPU
+             inference path: bias added by the GEMM, softmax in place)
 
 Latency: all models of a run live in one process and are timed round-robin (one run of each in
 turn), so that load from other processes hits every row alike; after ``--warmup`` runs, the median
@@ -18,7 +21,9 @@ Model names (backbone task): l1 l3 l7 (mmef, unfused eval), l1-deploy l3-deploy 
 attn_bias_mode='official', resolution 25, unfused), l1-original (that, plus the original code's
 per-forward work: the bias is re-interpolated on every forward and attention runs as explicit
 out-of-place matmul / softmax / matmul), r18 r50 (mmdet ResNet, eval), r50-deploy (ResNet-50 with
-BN folded by mmcv and channels_last, i.e. the same treatment as l*-deploy).
+BN folded by mmcv and channels_last, i.e. the same treatment as l*-deploy). Ablations of the
+deploy steps: l1-fold (BN and layer scales folded only, NCHW, out-of-place MB4D), l1-fold-cl
+(+ channels_last); l1-deploy adds the lerp / in-place MB4D forward.
 Whole-model tasks: l1, l1-deploy, l3, l3-deploy, ..., r50 (mmdet / mmseg R-50 configs).
 
 Example:
@@ -40,8 +45,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 DEFAULT_SIZES = dict(backbone=(800, 1344), detector=(800, 1333), segmentor=(512, 512),
-                     train=(800, 1333))
-DEFAULT_BATCH = dict(backbone=1, detector=1, segmentor=1, train=2)
+                     train=(800, 1333), attention=(800, 1344))
+DEFAULT_BATCH = dict(backbone=1, detector=1, segmentor=1, train=2, attention=1)
 CONFIGS = dict(
     detector={
         'l1': 'configs/mask_rcnn/mask-rcnn_efficientformer-l1_fpn_1x_coco.py',
@@ -76,6 +81,7 @@ def original_style_attention(attn):
 def build_backbone(name):
     from mmef.models import EfficientFormer
     from mmef.models.attention import Attention
+    from mmef.models.layers import MB4D
     arch, _, variant = name.partition('-')
     if arch in ('r18', 'r50'):
         import mmdet.models  # noqa: F401  (registers ResNet)
@@ -100,10 +106,17 @@ def build_backbone(name):
         return model
     model = EfficientFormer(arch).eval()
     model.init_weights()
-    if variant == 'deploy':
+    if variant in ('deploy', 'fold', 'fold-cl'):
         model.switch_to_deploy()
     elif variant:
         raise ValueError(f'unknown model {name!r}')
+    if variant in ('fold', 'fold-cl'):  # ablations: switch the speed-ups off again
+        for m in model.modules():
+            if isinstance(m, MB4D):
+                m.deployed = False  # plain sub/mul/add forward, out of place (ls2 stays folded)
+        if variant == 'fold':
+            model.stem.channels_last = False
+            model.to(memory_format=torch.contiguous_format)
     return model
 
 
@@ -181,6 +194,8 @@ def whole_inputs(task, size, batch):
 # ----------------------------------------------------------------------------- runners
 def make_runner(task, name, size, batch, device, fp16):
     """Returns a zero-argument callable doing one timed unit of work."""
+    if task == 'attention':
+        return attention_runner(name, size, batch, device)
     if task == 'backbone':
         model = build_backbone(name).to(device)
         x = torch.randn(batch, 3, *size, device=device)
@@ -209,6 +224,31 @@ def make_runner(task, name, size, batch, device, fp16):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    return run
+
+
+def attention_runner(name, size, batch, device):
+    import torch.nn.functional as F
+    from mmef.models.attention import Attention
+    h, w = size
+    for _ in range(5):
+        h, w = (h + 1) // 2, (w + 1) // 2
+    attn = Attention(448).eval().to(device)
+    x = torch.randn(batch, h * w, 448, device=device)
+    with torch.no_grad():
+        q, k, v = attn.qkv(x).view(batch, h * w, 8, -1).split([32, 32, 128], dim=3)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        bias = attn.attn_bias((h, w))
+    if name == 'sdpa':
+        def run():
+            with torch.inference_mode():
+                F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
+    elif name == 'inplace':
+        def run():
+            with torch.inference_mode():
+                attn._attend_inplace(q, k, v, bias)
+    else:
+        raise ValueError(f'attention task models: sdpa, inplace; got {name!r}')
     return run
 
 
@@ -329,6 +369,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.size = tuple(args.size or DEFAULT_SIZES[args.task])
     args.batch = args.batch or DEFAULT_BATCH[args.task]
+    if args.models is None and args.task == 'attention':
+        args.models, args.ref = ['sdpa', 'inplace'], 'sdpa'
     if args.models is None:
         args.models = (['l1-official', 'l1-original', 'l1', 'l1-deploy', 'l3', 'l3-deploy', 'l7',
                         'l7-deploy', 'r18', 'r50', 'r50-deploy'] if args.task == 'backbone'
