@@ -133,8 +133,13 @@ def test_config_builds(path, data, tmp_path):
             assert cfg.model.decode_head.num_classes == 150
         ckpt = str(tmp_path / 'imagenet.pth')
         cfg.model.backbone.init_cfg.checkpoint = ckpt
+    # L1 loads an ImageNet file in the original format (writing L3 / L7 ones costs too much
+    # time; their key maps are tested with the checkpoint code)
+    pretrained = not demo and backbone.arch == 'l1'
+    if not pretrained:
+        cfg.model.backbone.init_cfg = None
     model = MODELS.build(cfg.model)
-    if not demo:
+    if pretrained:
         expected = _original_imagenet_file(model.backbone, ckpt)
         model.backbone.init_weights()
         own = model.backbone.state_dict()
@@ -171,7 +176,8 @@ def test_config_builds(path, data, tmp_path):
         assert inputs.dim() == 3 and inputs.shape[0] == 3
         if scope == 'mmdet':
             assert len(ds.gt_instances) > 0
-            assert ds.gt_instances.masks.height == inputs.shape[1]
+            if name == 'train_dataloader':  # the test pipeline loads masks after Resize
+                assert ds.gt_instances.masks.height == inputs.shape[1]
         else:
             labels = ds.gt_sem_seg.data.unique()
             assert set(labels.tolist()) <= {1, 2, 4, 6, 9, 12, 255}  # ADE ids - 1, ignore

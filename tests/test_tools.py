@@ -243,11 +243,12 @@ from mmengine.registry import HOOKS
 
 @HOOKS.register_module()
 class RankDumpHook(Hook):
-    # each rank saves its own copy of the weights after training
+    # each rank saves its own copy of the trained parameters (BN running statistics are
+    # per rank between DDP's buffer broadcasts from rank 0, so they are not compared)
     def after_train(self, runner):
         model = runner.model.module if hasattr(runner.model, 'module') else runner.model
-        torch.save(model.state_dict(), os.path.join(runner.work_dir,
-                                                    f'rank{runner.rank}.pth'))
+        params = {k: v.detach().clone() for k, v in model.named_parameters()}
+        torch.save(params, os.path.join(runner.work_dir, f'rank{runner.rank}.pth'))
 """
 
 

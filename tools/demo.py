@@ -33,7 +33,7 @@ TASKS = {
     'det': dict(
         config='configs/demo/mask-rcnn_efficientformer-l1_fpn_shapes-demo.py',
         data='data/demo/coco_shapes',
-        make=dict(fn='make_coco_shapes', num_train=300, num_val=60),
+        make=dict(fn='make_coco_shapes', num_train=200, num_val=40),
         val_images='val2017/*.jpg',
         metrics=[('box AP50', 'coco/bbox_mAP_50', 1.0, 0.5),
                  ('mask AP50', 'coco/segm_mAP_50', 1.0, 0.4),
@@ -43,7 +43,7 @@ TASKS = {
     'seg': dict(
         config='configs/demo/fpn_efficientformer-l1_scenes-demo.py',
         data='data/demo/ade_scenes',
-        make=dict(fn='make_ade_scenes', num_train=300, num_val=60),
+        make=dict(fn='make_ade_scenes', num_train=200, num_val=40),
         val_images='images/validation/*.jpg',
         # IoUMetric reports percentages
         metrics=[('mIoU', 'mIoU', 0.01, 0.6), ('aAcc', 'aAcc', 0.01, None)],

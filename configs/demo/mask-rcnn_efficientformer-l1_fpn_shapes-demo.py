@@ -1,20 +1,26 @@
 # CPU demo: the real L1 Mask R-CNN config trained from scratch on the synthetic COCO-style shapes
 # dataset (mmef.demo_data.make_coco_shapes; tools/demo.py writes it to data/demo/coco_shapes).
 # Overrides: data root and classes, image scale, batch, schedule (from scratch, no ImageNet
-# weights here, so a higher lr and a short warmup), evaluation interval.
+# weights here, so a higher lr and a short warmup), evaluation interval, and the number of
+# proposals / sampled RoIs per image (COCO's 2000 / 512 are sized for scenes with dozens of
+# objects; these images hold at most 5, and on CPU the RoI heads' cost grows with that number).
 _base_ = '../mask_rcnn/mask-rcnn_efficientformer-l1_fpn_1x_coco.py'
 
 data_root = 'data/demo/coco_shapes/'
 metainfo = dict(
     classes=('circle', 'square', 'triangle', 'star'),
     palette=[(220, 20, 60), (0, 130, 230), (0, 160, 60), (250, 170, 30)])
-image_scale = (192, 192)
-max_epochs = 12
-batch_size = 4
+image_scale = (128, 128)
+max_epochs = 8
+batch_size = 2
 
 model = dict(
     backbone=dict(init_cfg=None),  # no ImageNet weights: the backbone starts from scratch
-    roi_head=dict(bbox_head=dict(num_classes=4), mask_head=dict(num_classes=4)))
+    roi_head=dict(bbox_head=dict(num_classes=4), mask_head=dict(num_classes=4)),
+    train_cfg=dict(
+        rpn_proposal=dict(nms_pre=500, max_per_img=100),
+        rcnn=dict(sampler=dict(num=16))),
+    test_cfg=dict(rpn=dict(nms_pre=500, max_per_img=100), rcnn=dict(max_per_img=20)))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
