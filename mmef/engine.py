@@ -7,7 +7,6 @@ unsupported codebase, a ``--work-dir`` that is a file, ``--resume`` with nothing
 machine (torchrun + gloo), which mmengine's launcher does not do by itself.
 """
 import glob
-import os
 import os.path as osp
 import re
 

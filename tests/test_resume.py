@@ -1,7 +1,6 @@
 """Long runs: a training process SIGKILLed at a random moment resumes from its last complete
 checkpoint with the same iteration count and optimizer state (issue 7)."""
 import glob
-import os
 import os.path as osp
 import random
 import signal

@@ -1,10 +1,12 @@
 """tools/train.py, test.py, infer.py and the dist scripts: real runs on tiny synthetic data, the
 round trip train -> test -> inference -> resume, and the tool fault cases of issue 7."""
 import errno
+import glob
 import io
 import json
 import os
 import os.path as osp
+import pickle
 import subprocess
 
 import cv2
@@ -157,7 +159,12 @@ def test_det_round_trip(data, tmp_path):
            for k in ('bbox_mAP_50', 'segm_mAP_50')}
     assert all(0 <= v <= 1 for v in val.values())
 
-    metrics = test_tool.main([DET_DEMO, ckpt, '--work-dir', work] + as_argv(opts))
+    metrics = test_tool.main([DET_DEMO, ckpt, '--work-dir', work, '--show-dir', 'shown',
+                              '--out', str(tmp_path / 'results.pkl')] + as_argv(opts))
+    shown = glob.glob(osp.join(work, '*', 'shown', '*.jpg'))
+    assert len(shown) == 2, shown  # one drawing per validation image
+    with open(tmp_path / 'results.pkl', 'rb') as f:
+        assert len(pickle.load(f)) == 2
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'):
         assert 0 <= metrics[key] <= 1
     # test on the saved weights reproduces the validation at the end of training

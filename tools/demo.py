@@ -11,7 +11,7 @@
    predictions on validation images to outputs/demo/;
 4. prints the metrics next to the targets (box AP50 >= 0.5, mask AP50 >= 0.4, mIoU >= 0.6).
 
-Usage: python tools/demo.py [--only det|seg] [--threads 2] [--seed 0]
+Usage: python tools/demo.py [--only det|seg] [--threads 2] [--seed 0] [--strict]
 """
 import argparse
 import glob
@@ -118,6 +118,8 @@ def main(argv=None):
     parser.add_argument('--only', choices=sorted(TASKS), help='run one task')
     parser.add_argument('--threads', type=int, default=2, help='torch CPU threads')
     parser.add_argument('--seed', type=int, default=0, help='data and training seed')
+    parser.add_argument('--strict', action='store_true',
+                        help='exit with status 1 when a metric misses its target')
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # the demo configs use paths relative to the repository
     torch.set_num_threads(args.threads)
@@ -141,7 +143,7 @@ def main(argv=None):
             missed += target is not None and value < target
             print(f'    {name:10s} {value:.3f}{verdict}')
     print(f'  total wall time {total:.0f} s with {args.threads} torch threads')
-    return 1 if missed else 0
+    return 1 if missed and args.strict else 0
 
 
 if __name__ == '__main__':

@@ -8,8 +8,8 @@ _base_ = '../semantic_fpn/fpn_efficientformer-l1_8xb4-40k_ade20k-512x512.py'
 data_root = 'data/demo/ade_scenes'
 crop_size = (128, 128)
 image_scale = (512, 128)  # (long side limit, short side): whole images are ~128-160 px
-max_iters = 600
-batch_size = 8
+max_iters = 300
+batch_size = 4
 
 model = dict(
     data_preprocessor=dict(size=crop_size),
@@ -46,7 +46,7 @@ optim_wrapper = dict(optimizer=dict(lr=1e-3))
 param_scheduler = [
     dict(type='PolyLR', eta_min=0., power=0.9, begin=0, end=max_iters, by_epoch=False)
 ]
-train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
+train_cfg = dict(max_iters=max_iters, val_interval=150)
 default_hooks = dict(
     logger=dict(interval=20),
     checkpoint=dict(interval=max_iters, max_keep_ckpts=1))

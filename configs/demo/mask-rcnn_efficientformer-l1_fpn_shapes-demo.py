@@ -11,7 +11,7 @@ metainfo = dict(
     classes=('circle', 'square', 'triangle', 'star'),
     palette=[(220, 20, 60), (0, 130, 230), (0, 160, 60), (250, 170, 30)])
 image_scale = (128, 128)
-max_epochs = 8
+max_epochs = 4
 batch_size = 2
 
 model = dict(
@@ -64,9 +64,9 @@ optim_wrapper = dict(optimizer=dict(lr=1e-3))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True,
-         milestones=[int(max_epochs * 2 / 3), int(max_epochs * 11 / 12)], gamma=0.1)
+         milestones=[max_epochs - 1], gamma=0.1)
 ]
-train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+train_cfg = dict(max_epochs=max_epochs, val_interval=2)
 default_hooks = dict(
     logger=dict(interval=10),
     checkpoint=dict(interval=max_epochs, max_keep_ckpts=1))
