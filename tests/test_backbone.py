@@ -7,30 +7,10 @@ import torch.nn as nn
 
 from mmef.models import EfficientFormer
 from mmef.models.attention import Attention, offset_index, relative_bias
-from mmef.models.layers import LayerScale
+from weights import randomize
 
 WIDTHS = {'l1': (48, 96, 224, 448), 'l3': (64, 128, 320, 512), 'l7': (96, 192, 384, 768)}
 PAPER_PARAMS_M = {'l1': 12.3, 'l3': 31.4, 'l7': 82.2}
-
-
-def randomize(model, seed=0):
-    """Non-trivial weights: O(1) layer scales, random BN statistics and attention tables."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, LayerScale):
-                m.gamma.copy_(torch.rand(m.gamma.shape, generator=g) + 0.5)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            elif isinstance(m, (nn.GroupNorm, nn.LayerNorm)):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-            elif isinstance(m, Attention):
-                m.bias_table.copy_(torch.randn(m.bias_table.shape, generator=g))
-    return model
 
 
 @pytest.mark.parametrize('arch', ['l1', 'l3', 'l7'])

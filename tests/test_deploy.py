@@ -9,26 +9,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mmef.deploy import fuse_conv_bn, switch_to_deploy, switch_to_deploy_model
 from mmef.models import EfficientFormer
 from mmef.models.layers import DropPath, LayerScale
-
-
-def randomize(model, seed=0):
-    """Non-trivial BN statistics / affine, LayerNorm / GroupNorm affine, O(1) layer scales and
-    random attention-bias tables, so that every fold is exercised."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, _BatchNorm):
-                m.running_mean.uniform_(-0.5, 0.5, generator=g)
-                m.running_var.uniform_(0.3, 2.0, generator=g)
-            if isinstance(m, (_BatchNorm, nn.LayerNorm, nn.GroupNorm)):
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.5, 0.5, generator=g)
-        for name, p in model.named_parameters():
-            if name.endswith('gamma'):
-                p.uniform_(0.5, 1.5, generator=g)
-            elif name.endswith('bias_table'):
-                p.normal_(0, 1, generator=g)
-    return model
+from weights import randomize
 
 
 def build(arch, **kwargs):

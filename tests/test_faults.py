@@ -8,7 +8,7 @@ import torch
 
 from mmef.checkpoint import CheckpointError
 from mmef.models import EfficientFormer
-from original_imagenet import imagenet_checkpoint
+from _original_ref import make_original_backbone, save_imagenet_checkpoint
 
 
 @pytest.fixture(scope='module')
@@ -88,7 +88,7 @@ def test_directory_instead_of_file(tmp_path):
 
 def test_truncated_checkpoint(tmp_path):
     good = tmp_path / 'good.pth'
-    torch.save(imagenet_checkpoint('l1'), good)
+    save_imagenet_checkpoint(good, make_original_backbone('l1'))
     data = good.read_bytes()
     bad = tmp_path / 'truncated.pth'
     bad.write_bytes(data[:len(data) // 2])
@@ -136,9 +136,8 @@ def test_state_dict_without_tensors(tmp_path):
 
 
 def test_every_checkpoint_error_names_the_file(tmp_path):
-    ckpt = imagenet_checkpoint('l1')
     path = tmp_path / 'l1_for_l7.pth'
-    torch.save(ckpt, path)
+    save_imagenet_checkpoint(path, make_original_backbone('l1'))
     with pytest.raises(CheckpointError) as err:
         init_from(path, arch='l7')
     assert str(path) in str(err.value) and 'stem.conv1.conv.weight' in str(err.value)

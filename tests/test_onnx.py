@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
+
+from weights import randomize
 
 ort = pytest.importorskip('onnxruntime', reason='onnxruntime is not installed (pip install '
                           'onnxruntime); ONNX parity cannot be checked')
@@ -18,22 +18,7 @@ _spec.loader.exec_module(export_onnx)
 
 
 def randomized_l1():
-    model = export_onnx.build_backbone('l1')
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, _BatchNorm):
-                m.running_mean.uniform_(-0.5, 0.5, generator=g)
-                m.running_var.uniform_(0.3, 2.0, generator=g)
-            if isinstance(m, (_BatchNorm, nn.LayerNorm, nn.GroupNorm)):
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.5, 0.5, generator=g)
-        for name, p in model.named_parameters():
-            if name.endswith('gamma'):
-                p.uniform_(0.5, 1.5, generator=g)
-            elif name.endswith('bias_table'):
-                p.normal_(0, 1, generator=g)
-    return model.eval()
+    return randomize(export_onnx.build_backbone('l1'), seed=1).eval()
 
 
 def test_onnx_matches_unfused_pytorch(tmp_path):

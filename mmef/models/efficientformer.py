@@ -7,7 +7,6 @@ become a spatial map again only where the stage is an output.
 """
 import copy
 
-import torch
 import torch.nn as nn
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
