@@ -194,6 +194,187 @@ def _block3d(x, sd, p):
     return x + sd[f'{p}.layer_scale_2'] * h
 
 
+def _run(sd, x):
+    """Runs the original network's stem and stages, yielding (net index, x, (B, C, H, W)) after
+    each stage. Slots of ``network.{0,2,4,6}`` are visited in order; a slot without parameters is
+    the flatten, after which x holds (B, N, C) tokens."""
+    x = F.relu(_bn(_conv(x, sd, 'patch_embed.0', 2, 1), sd, 'patch_embed.1'))
+    x = F.relu(_bn(_conv(x, sd, 'patch_embed.3', 2, 1), sd, 'patch_embed.4'))
+    for net in range(7):
+        if net % 2:
+            x = _bn(_conv(x, sd, f'network.{net}.proj', 2, 1), sd, f'network.{net}.norm')
+            continue
+        shape = tuple(x.shape)
+        slots = {int(k.split('.')[2]) for k in sd if k.startswith(f'network.{net}.')}
+        for slot in range(max(slots) + 1):
+            p = f'network.{net}.{slot}'
+            if f'{p}.mlp.norm1.weight' in sd:
+                x = _block4d(x, sd, p)
+            elif f'{p}.norm1.weight' in sd:
+                x = _block3d(x, sd, p)
+            else:
+                x = x.flatten(2).transpose(1, 2)
+        yield net, x, shape
+
+
+def original_forward(sd, x):
+    """The four normalised stage outputs of the original dense backbone (eval mode).
+
+    ``sd`` is an original-format backbone state dict with output norms norm0/2/4/6.
+    """
+    outs = []
+    for net, feat, shape in _run(sd, x):
+        if feat.dim() == 3:
+            feat = feat.transpose(1, 2).reshape(shape)
+        outs.append(F.group_norm(feat, 1, sd[f'norm{net}.weight'], sd[f'norm{net}.bias'],
+                                 eps=1e-5))
+    return outs
+
+
+# ---------------------------------------------------------------- plain forward of the original
+def _bn(x, sd, p):
+    return F.batch_norm(x, sd[f'{p}.running_mean'], sd[f'{p}.running_var'], sd[f'{p}.weight'],
+                        sd[f'{p}.bias'], training=False, eps=1e-5)
+
+
+def _conv(x, sd, p, stride=1, padding=0):
+    return F.conv2d(x, sd[f'{p}.weight'], sd[f'{p}.bias'], stride=stride, padding=padding)
+
+
+def _ln(x, sd, p):
+    return F.layer_norm(x, x.shape[-1:], sd[f'{p}.weight'], sd[f'{p}.bias'], eps=1e-5)
+
+
+def _lin(x, sd, p):
+    return F.linear(x, sd[f'{p}.weight'], sd[f'{p}.bias'])
+
+
+def _attention(x, sd, p):
+    B, N, _ = x.shape
+    qkv = _lin(x, sd, f'{p}.qkv').reshape(B, N, HEADS, -1)
+    q, k, v = qkv.split([KEY_DIM, KEY_DIM, VAL_DIM], dim=3)
+    q, k, v = q.permute(0, 2, 1, 3), k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
+    logits = (q @ k.transpose(-2, -1)) * KEY_DIM**-0.5
+    if f'{p}.attention_biases_seg' in sd:  # dense files: resize the pair matrix to (N, N)
+        pair = sd[f'{p}.attention_biases_seg'][:, sd[f'{p}.attention_bias_idxs_seg']]
+        bias = F.interpolate(pair.unsqueeze(0), size=(N, N), mode='bicubic')
+    else:  # ImageNet files: only defined on the 7x7 grid
+        if N != 49:
+            raise ValueError(f'ImageNet attention bias needs a 7x7 grid, got {N} tokens')
+        bias = sd[f'{p}.attention_biases'][:, sd[f'{p}.attention_bias_idxs']]
+    attn = (logits + bias).softmax(dim=-1)
+    return _lin((attn @ v).transpose(1, 2).reshape(B, N, HEADS * VAL_DIM), sd, f'{p}.proj')
+
+
+def _block4d(x, sd, p):
+    pooled = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    x = x + sd[f'{p}.layer_scale_1'].view(1, -1, 1, 1) * (pooled - x)
+    h = F.gelu(_bn(_conv(x, sd, f'{p}.mlp.fc1'), sd, f'{p}.mlp.norm1'))
+    h = _bn(_conv(h, sd, f'{p}.mlp.fc2'), sd, f'{p}.mlp.norm2')
+    return x + sd[f'{p}.layer_scale_2'].view(1, -1, 1, 1) * h
+
+
+def _block3d(x, sd, p):
+    x = x + sd[f'{p}.layer_scale_1'] * _attention(_ln(x, sd, f'{p}.norm1'), sd,
+                                                  f'{p}.token_mixer')
+    h = _lin(F.gelu(_lin(_ln(x, sd, f'{p}.norm2'), sd, f'{p}.mlp.fc1')), sd, f'{p}.mlp.fc2')
+    return x + sd[f'{p}.layer_scale_2'] * h
+
+
+def _run(sd, x):
+    """Runs the original network's stem and stages, yielding (net index, x, (B, C, H, W)) after
+    each stage. Slots of ``network.{0,2,4,6}`` are visited in order; a slot without parameters is
+    the flatten, after which x holds (B, N, C) tokens."""
+    x = F.relu(_bn(_conv(x, sd, 'patch_embed.0', 2, 1), sd, 'patch_embed.1'))
+    x = F.relu(_bn(_conv(x, sd, 'patch_embed.3', 2, 1), sd, 'patch_embed.4'))
+    for net in range(7):
+        if net % 2:
+            x = _bn(_conv(x, sd, f'network.{net}.proj', 2, 1), sd, f'network.{net}.norm')
+            continue
+        shape = tuple(x.shape)
+        slots = {int(k.split('.')[2]) for k in sd if k.startswith(f'network.{net}.')}
+        for slot in range(max(slots) + 1):
+            p = f'network.{net}.{slot}'
+            if f'{p}.mlp.norm1.weight' in sd:
+                x = _block4d(x, sd, p)
+            elif f'{p}.norm1.weight' in sd:
+                x = _block3d(x, sd, p)
+            else:
+                x = x.flatten(2).transpose(1, 2)
+        yield net, x, shape
+
+
+def original_forward(sd, x):
+    """The four normalised stage outputs of the original dense backbone (eval mode).
+
+    ``sd`` is an original-format backbone state dict with output norms norm0/2/4/6.
+    """
+    outs = []
+    for net, feat, shape in _run(sd, x):
+        if feat.dim() == 3:
+            feat = feat.transpose(1, 2).reshape(shape)
+        outs.append(F.group_norm(feat, 1, sd[f'norm{net}.weight'], sd[f'norm{net}.bias'],
+                                 eps=1e-5))
+    return outs
+
+
+def original_logits(sd, x):
+    """ImageNet classifier output of an ImageNet-layout dict at a 224x224 input (eval mode)."""
+    *_, (_, x, _) = _run(sd, x)
+    x = _ln(x, sd, 'norm').mean(1)
+    return (_lin(x, sd, 'head') + _lin(x, sd, 'dist_head')) / 2
+
+
+# ---------------------------------------------------------------- plain forward of the original
+def _bn(x, sd, p):
+    return F.batch_norm(x, sd[f'{p}.running_mean'], sd[f'{p}.running_var'], sd[f'{p}.weight'],
+                        sd[f'{p}.bias'], training=False, eps=1e-5)
+
+
+def _conv(x, sd, p, stride=1, padding=0):
+    return F.conv2d(x, sd[f'{p}.weight'], sd[f'{p}.bias'], stride=stride, padding=padding)
+
+
+def _ln(x, sd, p):
+    return F.layer_norm(x, x.shape[-1:], sd[f'{p}.weight'], sd[f'{p}.bias'], eps=1e-5)
+
+
+def _lin(x, sd, p):
+    return F.linear(x, sd[f'{p}.weight'], sd[f'{p}.bias'])
+
+
+def _attention(x, sd, p):
+    B, N, _ = x.shape
+    qkv = _lin(x, sd, f'{p}.qkv').reshape(B, N, HEADS, -1)
+    q, k, v = qkv.split([KEY_DIM, KEY_DIM, VAL_DIM], dim=3)
+    q, k, v = q.permute(0, 2, 1, 3), k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
+    logits = (q @ k.transpose(-2, -1)) * KEY_DIM**-0.5
+    if f'{p}.attention_biases_seg' in sd:  # dense files: resize the pair matrix to (N, N)
+        pair = sd[f'{p}.attention_biases_seg'][:, sd[f'{p}.attention_bias_idxs_seg']]
+        bias = F.interpolate(pair.unsqueeze(0), size=(N, N), mode='bicubic')
+    else:  # ImageNet files: only defined on the 7x7 grid
+        if N != 49:
+            raise ValueError(f'ImageNet attention bias needs a 7x7 grid, got {N} tokens')
+        bias = sd[f'{p}.attention_biases'][:, sd[f'{p}.attention_bias_idxs']]
+    attn = (logits + bias).softmax(dim=-1)
+    return _lin((attn @ v).transpose(1, 2).reshape(B, N, HEADS * VAL_DIM), sd, f'{p}.proj')
+
+
+def _block4d(x, sd, p):
+    pooled = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    x = x + sd[f'{p}.layer_scale_1'].view(1, -1, 1, 1) * (pooled - x)
+    h = F.gelu(_bn(_conv(x, sd, f'{p}.mlp.fc1'), sd, f'{p}.mlp.norm1'))
+    h = _bn(_conv(h, sd, f'{p}.mlp.fc2'), sd, f'{p}.mlp.norm2')
+    return x + sd[f'{p}.layer_scale_2'].view(1, -1, 1, 1) * h
+
+
+def _block3d(x, sd, p):
+    x = x + sd[f'{p}.layer_scale_1'] * _attention(_ln(x, sd, f'{p}.norm1'), sd,
+                                                  f'{p}.token_mixer')
+    h = _lin(F.gelu(_lin(_ln(x, sd, f'{p}.norm2'), sd, f'{p}.mlp.fc1')), sd, f'{p}.mlp.fc2')
+    return x + sd[f'{p}.layer_scale_2'] * h
+
+
 def original_forward(sd, x):
     """The four normalised stage outputs of the original dense backbone (eval mode).
 
