@@ -165,6 +165,15 @@ def test_config_builds(path, data, tmp_path):
     assert decay['backbone.stages.3.attn_blocks.0.norm1.weight'] == 0
     assert decay['backbone.stages.3.attn_blocks.0.attn.qkv.weight'] == pytest.approx(1e-4)
     assert decay['backbone.stem.conv1.conv.weight'] == pytest.approx(1e-4)
+    if demo and scope == 'mmdet':  # from scratch: neck and heads at 1/4 of the backbone's lr
+        lr = {names[id(p)]: g['lr'] for g in wrapper.optimizer.param_groups
+              for p in g['params']}
+        base = cfg.optim_wrapper.optimizer.lr
+        assert lr['backbone.stem.conv1.conv.weight'] == base
+        assert lr['backbone.stages.3.attn_blocks.0.attn.bias_table'] == base
+        for name in ('neck.fpn_convs.0.conv.weight', 'rpn_head.rpn_conv.weight',
+                     'roi_head.bbox_head.fc_cls.weight', 'roi_head.mask_head.conv_logits.weight'):
+            assert lr[name] == pytest.approx(base / 4), name
 
     # data pipelines on the files the fixture wrote
     _point_to_data(cfg, data)
