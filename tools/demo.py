@@ -33,6 +33,7 @@ TASKS = {
     'det': dict(
         config='configs/demo/mask-rcnn_efficientformer-l1_fpn_shapes-demo.py',
         data='data/demo/coco_shapes',
+        work_dir='work_dirs/demo/det',
         make=dict(fn='make_coco_shapes', num_train=200, num_val=40),
         val_images='val2017/*.jpg',
         metrics=[('box AP50', 'coco/bbox_mAP_50', 1.0, 0.5),
@@ -43,6 +44,7 @@ TASKS = {
     'seg': dict(
         config='configs/demo/fpn_efficientformer-l1_scenes-demo.py',
         data='data/demo/ade_scenes',
+        work_dir='work_dirs/demo/seg',
         make=dict(fn='make_ade_scenes', num_train=200, num_val=40),
         val_images='images/validation/*.jpg',
         # IoUMetric reports percentages
@@ -54,7 +56,8 @@ TASKS = {
 def make_data(task, seed):
     """Writes the task's dataset unless the same settings were written before."""
     from mmef import demo_data
-    spec = dict(TASKS[task]['make'], seed=seed, version=1)
+    # through json, so that tuples compare equal to the lists the stamp file holds
+    spec = json.loads(json.dumps(dict(TASKS[task]['make'], seed=seed, version=1)))
     root = TASKS[task]['data']
     stamp = osp.join(root, 'mmef_demo.json')
     if osp.isfile(stamp):
@@ -76,7 +79,7 @@ def train(task, seed):
     from mmengine.config import Config
     from mmengine.runner import Runner
     cfg = Config.fromfile(TASKS[task]['config'])
-    cfg.work_dir = osp.join('work_dirs', 'demo', task)
+    cfg.work_dir = TASKS[task]['work_dir']
     cfg.randomness = dict(seed=seed)
     t0 = time.time()
     runner = Runner.from_cfg(cfg)
@@ -99,14 +102,19 @@ def picture(task, checkpoint, num_images=6):
     """Predictions of the saved checkpoint (public inference API) on validation images."""
     from tools.infer import build_model, predict, visualise
     model, scope = build_model(TASKS[task]['config'], checkpoint, 'cpu')
-    images = sorted(glob.glob(osp.join(TASKS[task]['data'], TASKS[task]['val_images'])))
+    pattern = osp.join(TASKS[task]['data'], TASKS[task]['val_images'])
+    images = sorted(glob.glob(pattern))
+    if not images:
+        raise FileNotFoundError(f'no validation images match {pattern}')
     tiles = []
-    tmp = osp.join('work_dirs', 'demo', task, 'vis')
+    tmp = osp.join(TASKS[task]['work_dir'], 'vis')
     for image in images[:num_images]:
         out = visualise(model, scope, image, predict(model, scope, image),
                         osp.join(tmp, osp.basename(image)), score_thr=0.5)
         tiles.append(cv2.resize(cv2.imread(out), (256, 256), interpolation=cv2.INTER_AREA))
-    rows = [np.hstack(tiles[i:i + 3]) for i in range(0, len(tiles) - 2, 3)]
+    cols = min(3, len(tiles))
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % cols)  # fill the last row
+    rows = [np.hstack(tiles[i:i + cols]) for i in range(0, len(tiles), cols)]
     path = TASKS[task]['picture']
     os.makedirs(osp.dirname(path), exist_ok=True)
     cv2.imwrite(path, np.vstack(rows))
