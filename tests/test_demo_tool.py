@@ -10,11 +10,31 @@ import os.path as osp
 import re
 
 import cv2
+import pytest
 import torch
 from mmengine.config import Config
 
 from tool_helpers import DET_DEMO, SEG_DEMO, det_options, seg_options
 from tools import demo
+
+
+@pytest.fixture(autouse=True)
+def _own_visualizers():
+    """mmengine keeps visualizers in class-level registries, and a Runner reuses an existing
+    'visualizer' (log directory included) while the hooks draw with the newest one: this test
+    starts with empty registries and puts the previous ones back, so that no other test sees
+    the seg visualizer it leaves as the newest."""
+    from mmdet.visualization import DetLocalVisualizer
+    from mmengine.visualization import Visualizer
+    from mmseg.visualization import SegLocalVisualizer
+    classes = (Visualizer, DetLocalVisualizer, SegLocalVisualizer)
+    saved = {cls: cls._instance_dict.copy() for cls in classes}
+    for cls in classes:
+        cls._instance_dict.clear()
+    yield
+    for cls in classes:
+        cls._instance_dict.clear()
+        cls._instance_dict.update(saved[cls])
 
 
 def _tiny_task(monkeypatch, tmp_path, task, base, options, make):
