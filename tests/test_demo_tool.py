@@ -10,31 +10,11 @@ import os.path as osp
 import re
 
 import cv2
-import pytest
 import torch
 from mmengine.config import Config
 
 from tool_helpers import DET_DEMO, SEG_DEMO, det_options, seg_options
 from tools import demo
-
-
-@pytest.fixture(autouse=True)
-def _own_visualizers():
-    """mmengine keeps visualizers in class-level registries, and a Runner reuses an existing
-    'visualizer' (log directory included) while the hooks draw with the newest one: this test
-    starts with empty registries and puts the previous ones back, so that no other test sees
-    the seg visualizer it leaves as the newest."""
-    from mmdet.visualization import DetLocalVisualizer
-    from mmengine.visualization import Visualizer
-    from mmseg.visualization import SegLocalVisualizer
-    classes = (Visualizer, DetLocalVisualizer, SegLocalVisualizer)
-    saved = {cls: cls._instance_dict.copy() for cls in classes}
-    for cls in classes:
-        cls._instance_dict.clear()
-    yield
-    for cls in classes:
-        cls._instance_dict.clear()
-        cls._instance_dict.update(saved[cls])
 
 
 def _tiny_task(monkeypatch, tmp_path, task, base, options, make):
@@ -55,7 +35,8 @@ def _logged(work_dir, key):
     values = []
     for path in glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')):
         with open(path) as f:
-            values += [json.loads(line)[key] for line in f if key in json.loads(line)]
+            records = [json.loads(line) for line in f]
+        values += [r[key] for r in records if key in r]
     assert values, f'{key} not logged under {work_dir}'
     return values[-1]
 
