@@ -8,7 +8,7 @@
 #   training (box AP50 0.11), everything at 2.5e-4 or 1.25e-4 gave 0.34, the split 0.37;
 # - batch 4 instead of 2: same AP50 at 3/4 of the time per image (fixed per-step costs);
 # - fused AdamW: the same update in one kernel instead of a loop over 225 tensors: 0.02 s instead
-#   of 0.14 s per step on 2 cores, where one training image costs ~0.12 s;
+#   of 0.14 s per step on 2 cores, where one training image costs ~0.1 s (batch 2 vs 4 step times);
 # - 16 epochs (800 steps), x0.1 for the last 2: box AP50 0.37 at 6 epochs, 0.49 at 12, 0.57 at 16.
 _base_ = '../mask_rcnn/mask-rcnn_efficientformer-l1_fpn_1x_coco.py'
 
