@@ -60,6 +60,12 @@ def check_registry():
         import mmef  # noqa: F401
     except Exception as err:
         return 'no', [f'mmef does not import ({err}); fix: pip install -e . (or {SETUP})']
+    if getattr(mmef, '__file__', None) is None:
+        # a folder named mmef without __init__.py (e.g. a clone, seen from its parent folder)
+        return 'no', [f'"import mmef" finds {list(mmef.__path__)} as an empty namespace package, '
+                      f'not the mmef package: a folder named mmef without __init__.py comes '
+                      f'first on sys.path (often the current folder); fix: start Python in '
+                      f'another folder, or rename that folder']
     for scope, module in (('mmdet', 'mmdet.registry'), ('mmseg', 'mmseg.registry')):
         try:
             registry = importlib.import_module(module).MODELS

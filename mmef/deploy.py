@@ -1,65 +1,65 @@
-"""Deploy mode: fold EfficientFormer's inference-time constants into its weights.
+"""Deploy mode: EfficientFormer rewritten with inference-time modules.
 
-``switch_to_deploy(backbone)`` (also ``EfficientFormer.switch_to_deploy()``) rewrites an
-:class:`~mmef.models.EfficientFormer` in place, for inference only:
+Everything deploy-specific lives here; the training modules in :mod:`mmef.models` have one
+forward and no deploy flags. ``switch_to_deploy(backbone)`` replaces, in place and for inference
+only, the backbone's training modules with the plain modules below:
 
-* every BatchNorm is folded into the convolution before it (stem, downsampling, MB4D MLPs);
-* the layer scales that multiply a linear layer's output are folded into that layer: ``ls2`` of
-  MB4D into ``mlp.fc2``, ``ls1`` / ``ls2`` of MB3D into ``attn.proj`` / ``mlp.fc2``; the affine part
-  of MB3D's LayerNorms is folded into the linear layer that reads it (``attn.qkv``, ``mlp.fc1``).
-  ``ls1`` of MB4D multiplies ``pool(x) - x``; the count-excluding average pool is not a
-  convolution at the borders, so that scale is kept (folding it would not be exact);
-* stochastic depth and activation checkpointing (training-only) are removed;
-* the 4D part runs channels_last (oneDNN 1x1 convs and pooling are faster there); outputs are
-  returned in the usual contiguous NCHW layout;
-* the attention bias of each grid size is computed once and cached (optionally up front for a
-  given input size, see ``input_size``).
+* every conv-BatchNorm pair is folded into one conv (``mmcv.cnn.fuse_conv_bn``), and each
+  ``ConvNorm`` unit becomes that conv;
+* :class:`DeployedMB4D`: ``ls2`` folded into ``mlp.fc2``; ``x + ls1 * (pool(x) - x)`` runs as one
+  lerp (``ls1`` multiplies ``pool(x) - x``, and the count-excluding average pool is not a
+  convolution at the borders, so that scale cannot be folded exactly); without autograd the
+  block works in place, reusing its buffers;
+* :class:`DeployedMB3D`: ``ls1`` / ``ls2`` folded into ``attn.proj`` / ``mlp.fc2``, the LayerNorm
+  affines folded into the linear layer that reads them (``attn.qkv``, ``mlp.fc1``);
+* :class:`DeployedAttention`: the attention bias of each grid size computed once and cached;
+  CPU inference adds the bias inside the GEMM and does the softmax in place;
+* :class:`DeployedGroupNorm` for the outputs: returns contiguous NCHW maps (mmcv 2.1.0's CPU
+  RoIAlign reads raw memory and gives wrong values on channels_last maps) and exports to ONNX
+  as a two-level reduction (see its docstring);
+* the stem converts its input to channels_last and the 4D part runs there (oneDNN's 1x1 convs
+  and pooling are about twice as fast as on NCHW on CPU; docs/benchmark.md);
+* stochastic depth and activation checkpointing are dropped.
 
-All folds are exact algebra; the outputs equal the unfused eval model up to float rounding
-(tests/test_deploy.py checks 1e-4 relative). ``switch_to_deploy_model(model)`` does the same for
-every EfficientFormer inside an mmdet detector / mmseg segmentor and, with ``fuse_others=True``,
-folds the other conv-BN pairs (e.g. of mmcv ``ConvModule`` heads) with mmcv's ``fuse_conv_bn``.
-A deployed backbone refuses ``train()``; build a fresh model to train.
+All folds are exact algebra; outputs equal the unfused eval model up to float rounding
+(tests/test_deploy.py). ``channels_last`` and ``fused_mixer`` switch single steps off, for the
+ablations of tools/benchmark.py. ``switch_to_deploy_model(model)`` does the same for every
+EfficientFormer inside an mmdet detector / mmseg segmentor and, with ``fuse_others=True``, folds
+the other conv-BN pairs with ``mmcv.cnn.fuse_conv_bn``. Deploy modules refuse ``train()``.
 """
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import fuse_conv_bn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .models.efficientformer import EfficientFormer
 from .models.layers import MB3D, MB4D, ConvNorm, DropPath, LayerScale
 
 
-def fuse_conv_bn(conv, bn):
-    """Returns a new Conv2d computing ``bn(conv(x))`` with ``bn`` in eval mode (folded in float64).
+class _InferenceOnly(nn.Module):
+    """Base of the deploy modules: they hold folded weights and cannot be trained."""
 
-    Raises:
-        ValueError: if ``bn`` keeps no running statistics (nothing to fold).
-    """
-    if not bn.track_running_stats or bn.running_mean is None:
-        raise ValueError(f'Cannot fold {bn}: it has no running statistics '
-                         '(track_running_stats=False); deploy needs a BatchNorm with statistics.')
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                      conv.padding, conv.dilation, conv.groups, bias=True,
-                      padding_mode=conv.padding_mode).to(conv.weight.device)
-    with torch.no_grad():
-        std = (bn.running_var.double() + bn.eps).sqrt()
-        gamma = bn.weight.double() if bn.affine else torch.ones_like(std)
-        beta = bn.bias.double() if bn.affine else torch.zeros_like(std)
-        scale = gamma / std
-        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(std)
-        fused.weight.copy_(conv.weight.double() * scale.view(-1, 1, 1, 1))
-        fused.bias.copy_((bias - bn.running_mean.double()) * scale + beta)
-    fused.weight.requires_grad_(conv.weight.requires_grad)
-    fused.bias.requires_grad_(conv.weight.requires_grad)
-    return fused.to(conv.weight.dtype)
+    def train(self, mode=True):
+        if mode:
+            raise RuntimeError(f'{type(self).__name__} is a deploy-mode module (BN and layer '
+                               f'scales folded into weights) and cannot be trained; build a new '
+                               f'model (or load an undeployed checkpoint) to train.')
+        return super().train(False)
 
 
 def fold_conv_norm(unit):
-    """Folds a :class:`ConvNorm`'s BN into its conv in place (no-op once folded)."""
-    if isinstance(unit.bn, nn.Identity):
-        return
-    unit.conv = fuse_conv_bn(unit.conv, unit.bn)
-    unit.bn = nn.Identity()
+    """The ``Conv2d`` computing ``unit.bn(unit.conv(x))`` for a :class:`ConvNorm` in eval mode.
+
+    Raises:
+        ValueError: if the BatchNorm keeps no running statistics (nothing to fold).
+    """
+    bn = unit.bn
+    if isinstance(bn, _BatchNorm) and (not bn.track_running_stats or bn.running_var is None
+                                       or not bn.affine):
+        raise ValueError(f'Cannot fold {bn}: deploy needs a BatchNorm with running statistics '
+                         f'and an affine transform (track_running_stats=True, affine=True).')
+    return fuse_conv_bn(nn.Sequential(unit.conv, bn))[0]
 
 
 def fold_output_scale(layer, scale):
@@ -92,33 +92,156 @@ def fold_layer_norm_affine(norm, linear):
         linear.weight.device)
 
 
-def _deploy_mb4d(block):
-    fold_conv_norm(block.mlp.fc1)
-    fold_conv_norm(block.mlp.fc2)
-    if isinstance(block.ls2, LayerScale):
-        fold_output_scale(block.mlp.fc2.conv, block.ls2.gamma)
-        block.ls2 = nn.Identity()
-    block.drop_path = nn.Identity()
-    block.deployed = True  # lerp token mixer, in-place ops (MB4D._forward_deployed)
+def _layer_scale(ls):
+    return ls.gamma.detach() if isinstance(ls, LayerScale) else None
 
 
-def _deploy_mb3d(block):
-    if isinstance(block.ls1, LayerScale):
-        fold_output_scale(block.attn.proj, block.ls1.gamma)
-        block.ls1 = nn.Identity()
-    if isinstance(block.ls2, LayerScale):
-        fold_output_scale(block.mlp.fc2, block.ls2.gamma)
-        block.ls2 = nn.Identity()
-    block.norm1 = fold_layer_norm_affine(block.norm1, block.attn.qkv)
-    block.norm2 = fold_layer_norm_affine(block.norm2, block.mlp.fc1)
-    block.drop_path = nn.Identity()
+class ChannelsLast(nn.Module):
+    """Returns its input in channels_last memory format (same values)."""
+
+    def forward(self, x):
+        return x.contiguous(memory_format=torch.channels_last)
 
 
-def _contiguous_input(module, args):
-    return tuple(a.contiguous() for a in args)
+class DeployedMB4D(_InferenceOnly):
+    """MB4D with BN and ``ls2`` folded: ``x = lerp(x, pool(x), ls1)``, ``x + fc2(gelu(fc1(x)))``.
+
+    Args:
+        block (MB4D): the training block (eval mode), whose modules are reused.
+        fused_mixer (bool): lerp / in-place forward; False gives the plain out-of-place
+            ``x + ls1 * (pool(x) - x)`` (a benchmark ablation). Defaults to True.
+    """
+
+    def __init__(self, block, fused_mixer=True):
+        super().__init__()
+        self.pool = block.pool
+        self.fc1 = fold_conv_norm(block.mlp.fc1)
+        self.act = block.mlp.act
+        self.fc2 = fold_conv_norm(block.mlp.fc2)
+        ls1, ls2 = _layer_scale(block.ls1), _layer_scale(block.ls2)
+        if ls2 is not None:
+            fold_output_scale(self.fc2, ls2)
+        channels = self.fc2.out_channels
+        self.register_buffer('gamma', (ls1 if ls1 is not None else torch.ones(channels)).view(
+            1, -1, 1, 1).clone())
+        self.fused_mixer = fused_mixer
+
+    def forward(self, x):
+        gamma = self.gamma.to(x.dtype)
+        if not self.fused_mixer:
+            x = x + gamma * (self.pool(x) - x)
+            return x + self.fc2(self.act(self.fc1(x)))
+        if torch.is_grad_enabled():
+            x = torch.lerp(x, self.pool(x), gamma)
+            return x + self.fc2(self.act(self.fc1(x)))
+        # without autograd, in-place ops reuse buffers (fresh large buffers cost page faults)
+        x = self.pool(x).lerp_(x, 1 - gamma)
+        h = self.fc1(x)
+        h = torch.ops.aten.gelu_(h) if type(self.act) is nn.GELU and \
+            self.act.approximate == 'none' else self.act(h)
+        return self.fc2(h).add_(x)
 
 
-def switch_to_deploy(backbone, input_size=None):
+class DeployedAttention(_InferenceOnly):
+    """An eval-mode :class:`~mmef.models.attention.Attention` with a faster CPU inference path.
+
+    The bias of each grid size is computed once and cached by the wrapped attention. On CPU
+    without autograd, tracing or export, ``softmax(q k^T * scale + bias) v`` runs per sample with
+    the bias added by the GEMM and the softmax in place: one (heads, N, N) buffer. CPU
+    ``scaled_dot_product_attention`` takes its slower unfused path when the value width (128)
+    differs from the key width (32) (docs/benchmark.md). Elsewhere the wrapped module runs.
+    """
+
+    def __init__(self, attn):
+        super().__init__()
+        self.attn = attn.eval()
+
+    def attn_bias(self, hw):
+        return self.attn.attn_bias(hw)
+
+    def forward(self, x, hw):
+        if not _use_inplace_attention(x):
+            return self.attn(x, hw)
+        attn = self.attn
+        q, k, v = attn.project_qkv(x)
+        bias = attn.attn_bias(hw).to(q.dtype)
+        out = q.new_empty(q.shape[:-1] + v.shape[-1:])
+        for i in range(q.shape[0]):
+            logits = torch.baddbmm(bias, q[i], k[i].transpose(1, 2), alpha=attn.scale)
+            torch.softmax(logits, -1, out=logits)
+            torch.bmm(logits, v[i], out=out[i])
+        return attn.merge_heads(out)
+
+
+def _use_inplace_attention(x):
+    return (x.device.type == 'cpu' and not torch.is_grad_enabled()
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+            and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling())
+
+
+class DeployedMB3D(_InferenceOnly):
+    """MB3D with its layer scales and LayerNorm affines folded into the linear layers."""
+
+    def __init__(self, block):
+        super().__init__()
+        attn, mlp = block.attn, block.mlp
+        ls1, ls2 = _layer_scale(block.ls1), _layer_scale(block.ls2)
+        if ls1 is not None:
+            fold_output_scale(attn.proj, ls1)
+        if ls2 is not None:
+            fold_output_scale(mlp.fc2, ls2)
+        self.norm1 = fold_layer_norm_affine(block.norm1, attn.qkv)
+        self.attn = DeployedAttention(attn)
+        self.norm2 = fold_layer_norm_affine(block.norm2, mlp.fc1)
+        self.mlp = mlp
+
+    def forward(self, x, hw):
+        x = x + self.attn(self.norm1(x), hw)
+        return x + self.mlp(self.norm2(x))
+
+
+class DeployedGroupNorm(_InferenceOnly):
+    """An output GroupNorm that returns contiguous NCHW maps and exports precisely to ONNX.
+
+    Exported as is, GroupNorm becomes InstanceNormalization, and onnxruntime's reductions over a
+    whole large map lose precision when its mean is large next to its spread (stage 0 of L1 at
+    224x320: 5e-5 relative error against a float64 reference, PyTorch 5e-7). During export it
+    is written as explicit reductions over rows, then over the row results, centring before
+    the variance, which keeps it near PyTorch's level.
+    """
+
+    def __init__(self, norm):
+        super().__init__()
+        self.num_groups, self.eps = norm.num_groups, norm.eps
+        self.weight, self.bias = norm.weight, norm.bias
+
+    @staticmethod
+    def _mean(x):  # (B, G, rows, cols) -> (B, G, 1, 1)
+        return x.mean(-1, keepdim=True).mean(-2, keepdim=True)
+
+    def forward(self, x):
+        x = x.contiguous()
+        if not torch.onnx.is_in_onnx_export():
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        b, c, h, w = x.shape
+        g = x.reshape(b, self.num_groups, c // self.num_groups * h, w)
+        g = g - self._mean(g)
+        g = g * torch.rsqrt(self._mean(g * g) + self.eps)
+        x = g.reshape(b, c, h, w)
+        if self.weight is not None:
+            x = x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return x
+
+
+_DEPLOY_MODULES = (DeployedMB4D, DeployedMB3D, DeployedAttention, DeployedGroupNorm)
+
+
+def is_deployed(backbone):
+    """Whether ``switch_to_deploy`` has rewritten this backbone."""
+    return any(isinstance(m, _DEPLOY_MODULES) for m in backbone.modules())
+
+
+def switch_to_deploy(backbone, input_size=None, channels_last=True, fused_mixer=True):
     """Rewrites an EfficientFormer in place for inference (see the module docstring).
 
     Args:
@@ -126,6 +249,8 @@ def switch_to_deploy(backbone, input_size=None):
             deployed model only (re)fills the bias cache.
         input_size (tuple[int, int], optional): (H, W) of the inputs to come: their attention
             bias is computed now instead of on the first forward.
+        channels_last (bool): run the 4D part in channels_last. Defaults to True.
+        fused_mixer (bool): lerp / in-place MB4D forward (:class:`DeployedMB4D`). Defaults to True.
 
     Returns:
         EfficientFormer: ``backbone`` itself.
@@ -135,27 +260,36 @@ def switch_to_deploy(backbone, input_size=None):
                         f'{type(backbone).__name__}; use switch_to_deploy_model for a whole '
                         'detector / segmentor')
     backbone.eval()
-    if not getattr(backbone, 'deployed', False):
-        for m in list(backbone.modules()):
-            if isinstance(m, ConvNorm):
-                fold_conv_norm(m)
-            elif isinstance(m, MB4D):
-                _deploy_mb4d(m)
-            elif isinstance(m, MB3D):
-                _deploy_mb3d(m)
-        for stage in backbone.stages:
-            stage.with_cp = False
-        backbone.stem.channels_last = True
-        backbone.to(memory_format=torch.channels_last)
-        for i in backbone.out_indices:
-            # outputs leave in NCHW: some consumers read raw memory (mmcv's CPU RoIAlign gives
-            # wrong values for channels_last maps, verified with mmcv 2.1.0)
-            getattr(backbone, f'norm{i}').register_forward_pre_hook(_contiguous_input)
-        assert not any(isinstance(m, (_BatchNorm, DropPath)) for m in backbone.modules())
-        backbone.deployed = True
+    if not is_deployed(backbone):
+        _rewrite(backbone, channels_last, fused_mixer)
+        leftovers = [type(m).__name__ for m in backbone.modules()
+                     if isinstance(m, (_BatchNorm, DropPath, LayerScale, ConvNorm, MB4D, MB3D))]
+        if leftovers:
+            raise RuntimeError(f'switch_to_deploy left training modules behind: {leftovers}')
     if input_size is not None:
         precompute_attn_bias(backbone, input_size)
     return backbone
+
+
+def _rewrite(backbone, channels_last, fused_mixer):
+    stem = backbone.stem
+    backbone.stem = nn.Sequential(*([ChannelsLast()] if channels_last else []),
+                                  fold_conv_norm(stem.conv1), stem.act,
+                                  fold_conv_norm(stem.conv2), stem.act)
+    for stage in backbone.stages:
+        stage.with_cp = False
+        if isinstance(stage.downsample, ConvNorm):
+            stage.downsample = fold_conv_norm(stage.downsample)
+        for i, block in enumerate(stage.blocks):
+            stage.blocks[i] = DeployedMB4D(block, fused_mixer=fused_mixer)
+        for i, block in enumerate(stage.attn_blocks):
+            stage.attn_blocks[i] = DeployedMB3D(block)
+    for i in backbone.out_indices:
+        name = f'norm{i}'
+        setattr(backbone, name, DeployedGroupNorm(getattr(backbone, name)))
+    if channels_last:
+        backbone.to(memory_format=torch.channels_last)
+    backbone.eval()
 
 
 def precompute_attn_bias(backbone, input_size):
@@ -188,6 +322,5 @@ def switch_to_deploy_model(model, fuse_others=False):
         switch_to_deploy(backbone)
     model.eval()
     if fuse_others:
-        from mmcv.cnn import fuse_conv_bn as mmcv_fuse_conv_bn
-        mmcv_fuse_conv_bn(model)
+        fuse_conv_bn(model)
     return model

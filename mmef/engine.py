@@ -26,9 +26,8 @@ def load_config(path, cfg_options=None):
     """
     if not osp.isfile(path):
         what = 'is a directory' if osp.isdir(path) else 'does not exist'
-        raise FileNotFoundError(
-            f'config file {path!r} {what}; pass the path of a config .py file, e.g. '
-            f'configs/mask_rcnn/mask-rcnn_efficientformer-l1_fpn_1x_coco.py')
+        raise FileNotFoundError(f'config file {path!r} {what}; pass the path of a config .py '
+                                f'file (mmef\'s are in the repository\'s configs/ folder)')
     cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
@@ -36,6 +35,7 @@ def load_config(path, cfg_options=None):
     if scope not in SCOPES:
         raise ValueError(f'config {path!r} has default_scope={scope!r}; these tools run '
                          f'{SCOPES} configs (set default_scope in the config)')
+    check_feature_channels(cfg)
     return cfg, scope
 
 
@@ -68,23 +68,26 @@ def _checkpoint_step(path):
 def find_resume_checkpoint(work_dir):
     """The newest complete checkpoint in ``work_dir``, or None.
 
-    mmengine writes ``last_checkpoint`` (a text file naming the newest checkpoint) with a plain
-    ``open``; if a run was killed while writing it, or the file it names is gone, the newest
-    ``iter_N.pth`` / ``epoch_N.pth`` is used instead. Temporary files of an interrupted atomic
-    save (``.iter_N.pth.*.tmp``) are never considered.
+    mmengine's ``find_latest_checkpoint`` reads the ``last_checkpoint`` pointer file. mmengine
+    writes that file with a plain ``open``, so a run killed while writing it leaves it empty or
+    truncated, and the file it names may be gone; then the newest ``iter_N.pth`` /
+    ``epoch_N.pth`` is used instead. Temporary files of an interrupted atomic save
+    (``.iter_N.pth.*.tmp``) are never considered.
     """
-    pointer = osp.join(work_dir, 'last_checkpoint')
-    if osp.isfile(pointer):
-        with open(pointer) as f:
-            named = f.read().strip()
-        if named and osp.isfile(named):
-            return named
+    from mmengine.runner import find_latest_checkpoint
+    named = find_latest_checkpoint(work_dir)
+    if named and osp.isfile(named):
+        return named
     candidates = [p for p in glob.glob(osp.join(work_dir, '*.pth')) if _checkpoint_step(p) >= 0]
     return max(candidates, key=_checkpoint_step) if candidates else None
 
 
 def set_resume(cfg, resume):
-    """Applies ``--resume``: None (start fresh), 'auto' (newest in work_dir) or a path."""
+    """Applies ``--resume``: None (start fresh), 'auto' (newest in work_dir) or a path.
+
+    The checkpoint is read once here (safely, see :func:`mmef.checkpoint.load_file`), so that a
+    missing, truncated or unsafe file fails now with its name, not deep inside the runner.
+    """
     if resume is None:
         return None
     if resume == 'auto':
@@ -100,9 +103,69 @@ def set_resume(cfg, resume):
             raise FileNotFoundError(f'--resume {path!r}: checkpoint file does not exist; pass '
                                     f'an existing .pth, or --resume alone for the newest one '
                                     f'in the work dir')
+    from .checkpoint import CheckpointError, load_file
+    try:
+        load_file(path)
+    except CheckpointError as err:
+        raise CheckpointError(f'--resume: cannot resume from {err}. Pass another checkpoint '
+                              f'(e.g. an earlier iter_*.pth of the same work dir)') from None
     cfg.resume = True
     cfg.load_from = path
     return path
+
+
+def check_feature_channels(cfg):
+    """Refuses a model config whose neck / head ``in_channels`` do not match what its
+    EfficientFormer backbone outputs (mmdet's FPN otherwise fails with a bare AssertionError)."""
+    model = cfg.get('model', {})
+    backbone = model.get('backbone', {})
+    if not str(backbone.get('type', '')).split('.')[-1].startswith('EfficientFormer'):
+        return
+    from mmengine.registry import MODELS
+    import mmef  # noqa: F401  (registers the backbones)
+    cls = MODELS.get(backbone['type'])
+    try:
+        arch = cls.parse_arch(backbone.get('arch', 'l1'))
+        indices = cls.parse_out_indices(backbone.get('out_indices', (0, 1, 2, 3)))
+    except ValueError as err:
+        raise ValueError(f'model.backbone: {err}') from None
+    channels = [arch['widths'][i] for i in indices]
+    consumer, key = ('neck', 'model.neck') if model.get('neck') else \
+        ('decode_head', 'model.decode_head')
+    node = model.get(consumer) or {}
+    if isinstance(node, (list, tuple)) or 'in_channels' not in node:
+        return
+    wanted = node['in_channels']
+    wanted = list(wanted) if isinstance(wanted, (list, tuple)) else [wanted]
+    if consumer == 'decode_head' and 'in_index' in node:
+        index = node['in_index']
+        got = [channels[i] for i in (index if isinstance(index, (list, tuple)) else [index])
+               if -len(channels) <= i < len(channels)]
+    else:
+        got = channels
+    if got != wanted:
+        raise ValueError(
+            f'{key}.in_channels={wanted} does not match the EfficientFormer backbone, which '
+            f'outputs {channels} channels (arch {backbone.get("arch", "l1")!r}, out_indices '
+            f'{indices}); set {key}.in_channels={got} or '
+            f'change model.backbone.out_indices')
+
+
+def check_dataset(runner, split):
+    """Builds the runner's ``split`` ('train' / 'val' / 'test') dataloader now and refuses an
+    empty dataset with its data root (empty folders otherwise fail deep inside mmengine)."""
+    if runner.cfg.get(f'{split}_dataloader') is None or runner.cfg.get(f'{split}_cfg') is None:
+        return
+    loader = getattr(runner, f'{split}_dataloader')  # builds the loop and its dataloader
+    dataset = loader.dataset
+    if len(dataset) == 0:
+        root = getattr(dataset, 'data_root', None)
+        prefix = getattr(dataset, 'data_prefix', None)
+        ann = getattr(dataset, 'ann_file', None)
+        raise ValueError(f'the {split} dataset ({type(dataset).__name__}) is empty: no samples '
+                         f'under data_root={root!r}, data_prefix={prefix}, ann_file={ann!r}; '
+                         f'check those paths in {split}_dataloader.dataset (and that images and '
+                         f'annotations are there)')
 
 
 def enable_amp(cfg):
@@ -152,9 +215,50 @@ def setup_launcher(cfg, launcher):
 
 
 def build_runner(cfg):
-    """``Runner.from_cfg`` or the registered ``runner_type``, in the config's scope."""
+    """``Runner.from_cfg`` or the registered ``runner_type``, in the config's scope.
+
+    mmdet's and mmseg's configs name their visualizer 'visualizer', and mmengine hands out an
+    existing instance of that name, with the log directory of the run that created it; each
+    runner built here gets a visualizer of its own instead.
+    """
+    import uuid
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
+    if isinstance(cfg.get('visualizer'), dict) and cfg.visualizer.get('name') == 'visualizer':
+        cfg.visualizer.name = f'visualizer_{uuid.uuid4().hex[:12]}'
+
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
+
+
+def build_inferencer(config, checkpoint, device='cpu'):
+    """(inferencer, scope): mmdet's ``DetInferencer`` or mmseg's ``MMSegInferencer`` for a config
+    (path or Config) and checkpoint. Each builds its own visualizer and its pipeline in its own
+    scope, so detection and segmentation inferencers work side by side in one process."""
+    if isinstance(config, str):
+        cfg, scope = load_config(config)
+    else:
+        cfg, scope = config, config.get('default_scope')
+    from .checkpoint import load_file
+    load_file(checkpoint)  # clear errors for a missing, corrupt or unsafe file
+    if scope == 'mmdet':
+        from mmdet.apis import DetInferencer
+        return DetInferencer(model=cfg, weights=checkpoint, device=device,
+                             show_progress=False), scope
+    from mmseg.apis import MMSegInferencer
+    return MMSegInferencer(model=cfg, weights=checkpoint, device=device), scope
+
+
+def draw_prediction(inferencer, scope, image, out_file, score_thr=0.3, opacity=0.5):
+    """Predicts ``image`` (a path) and writes the drawing to ``out_file``; returns the path."""
+    import mmcv
+    from mmengine.registry import DefaultScope
+    kwargs = dict(pred_score_thr=score_thr) if scope == 'mmdet' else \
+        dict(opacity=opacity, with_labels=True)
+    # calls to the mmdet and mmseg APIs look registries up in the current default scope:
+    # pin it to this inferencer's codebase
+    with DefaultScope.overwrite_default_scope(scope):
+        result = inferencer(image, return_vis=True, **kwargs)
+    mmcv.imwrite(mmcv.rgb2bgr(result['visualization'][0]), out_file)
+    return out_file

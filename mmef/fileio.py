@@ -18,8 +18,15 @@ from mmengine.fileio import LocalBackend, register_backend
 BACKEND_NAME = 'mmef_atomic'
 
 
-def atomic_write(data, filepath):
-    """Writes ``data`` (bytes or str) to ``filepath`` via a temporary file and ``os.replace``.
+def atomic_write(data, filepath, overwrite=True):
+    """Writes ``data`` to ``filepath`` via a temporary file in the same folder and ``os.replace``.
+
+    Args:
+        data (bytes | str | callable): the content, or ``data(fileobj)`` writing it (e.g.
+            ``lambda f: torch.save(obj, f)``).
+        filepath (str): the target; its folder is created if missing.
+        overwrite (bool): if False, an existing ``filepath`` (also one that appears while
+            writing) is left alone and FileExistsError is raised.
 
     Raises:
         OSError: the write failed (e.g. disk full); the message names the file, says the
@@ -33,15 +40,24 @@ def atomic_write(data, filepath):
     fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(filepath)}.', suffix='.tmp', dir=directory)
     try:
         with os.fdopen(fd, 'wb') as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)  # mkstemp creates 0600; give the file the usual permissions
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        if not overwrite and osp.exists(filepath):
+            raise FileExistsError(f'{filepath!r} exists (it appeared while writing); pass '
+                                  f'--force (force=True) to overwrite it')
         os.replace(tmp, filepath)
-    except OSError as err:
-        try:
+    except BaseException as err:
+        if osp.exists(tmp):
             os.remove(tmp)
-        except FileNotFoundError:
-            pass
+        if not isinstance(err, OSError) or isinstance(err, FileExistsError):
+            raise
         hint = ('free disk space or point --work-dir to a disk with room'
                 if err.errno in (errno.ENOSPC, errno.EDQUOT) else
                 'check that the directory is writable and has free space')

@@ -19,7 +19,7 @@ STAMP="$VENV/.mmef-setup"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 # Everything that decides what gets installed; a change re-runs the install steps.
-want=$( { echo "$TORCH_SPEC"; cat requirements/*.txt setup.py; } | sha256sum | cut -d' ' -f1)
+want=$( { echo "$TORCH_SPEC"; cat requirements/*.txt setup.py scripts/setup.sh; } | sha256sum | cut -d' ' -f1)
 
 if [ ! -x "$PY" ]; then
     log "creating $VENV"
@@ -50,8 +50,12 @@ if ! "$PY" -c 'import mmcv, mmcv.ops; assert mmcv.__version__ == "2.1.0"' 2>/dev
         "${PIP[@]}" install --no-build-isolation mmcv==2.1.0
 fi
 
+# compat mode puts the repository on sys.path (a .pth file) instead of setuptools' import hook:
+# a regular package found on sys.path wins over a same-named folder without __init__.py, so
+# Python started in the folder that contains a clone named mmef still imports the package
+# (with the hook, that folder shadowed it as an empty namespace package).
 log "installing mmef (editable)"
-"${PIP[@]}" install --no-deps --no-build-isolation -e .
+"${PIP[@]}" install --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
 
 "$PY" -m mmef.check
 echo "$want" > "$STAMP"

@@ -162,13 +162,29 @@ def _lin(x, sd, p):
     return F.linear(x, sd[f'{p}.weight'], sd[f'{p}.bias'])
 
 
-def _attention(x, sd, p):
+def relative_grid_bias(table, hw):
+    """mmef's default 'relative' bias, restated here without mmef: the (heads, R*R) offset
+    table read as an R x R image, resized bicubically (align_corners=False) to the (h, w) token
+    grid, then looked up at the true offsets (|dy|, |dx|) of every token pair (row-major)."""
+    h, w = hw
+    r = round(table.shape[-1]**0.5)
+    grid = table.reshape(1, table.shape[0], r, r)
+    if (h, w) != (r, r):
+        grid = F.interpolate(grid, size=(h, w), mode='bicubic', align_corners=False)
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing='ij')
+    ys, xs = ys.flatten(), xs.flatten()
+    return grid[0][:, (ys[:, None] - ys[None, :]).abs(), (xs[:, None] - xs[None, :]).abs()]
+
+
+def _attention(x, sd, p, hw=None, relative=False):
     B, N, _ = x.shape
     qkv = _lin(x, sd, f'{p}.qkv').reshape(B, N, HEADS, -1)
     q, k, v = qkv.split([KEY_DIM, KEY_DIM, VAL_DIM], dim=3)
     q, k, v = q.permute(0, 2, 1, 3), k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
     logits = (q @ k.transpose(-2, -1)) * KEY_DIM**-0.5
-    if f'{p}.attention_biases_seg' in sd:  # dense files: resize the pair matrix to (N, N)
+    if relative:  # mmef's default mode on an ImageNet table
+        bias = relative_grid_bias(sd[f'{p}.attention_biases'], hw)
+    elif f'{p}.attention_biases_seg' in sd:  # dense files: resize the pair matrix to (N, N)
         pair = sd[f'{p}.attention_biases_seg'][:, sd[f'{p}.attention_bias_idxs_seg']]
         bias = F.interpolate(pair.unsqueeze(0), size=(N, N), mode='bicubic')
     else:  # ImageNet files: only defined on the 7x7 grid
@@ -187,17 +203,18 @@ def _block4d(x, sd, p):
     return x + sd[f'{p}.layer_scale_2'].view(1, -1, 1, 1) * h
 
 
-def _block3d(x, sd, p):
+def _block3d(x, sd, p, hw, relative):
     x = x + sd[f'{p}.layer_scale_1'] * _attention(_ln(x, sd, f'{p}.norm1'), sd,
-                                                  f'{p}.token_mixer')
+                                                  f'{p}.token_mixer', hw, relative)
     h = _lin(F.gelu(_lin(_ln(x, sd, f'{p}.norm2'), sd, f'{p}.mlp.fc1')), sd, f'{p}.mlp.fc2')
     return x + sd[f'{p}.layer_scale_2'] * h
 
 
-def _run(sd, x):
+def _run(sd, x, relative=False):
     """Runs the original network's stem and stages, yielding (net index, x, (B, C, H, W)) after
     each stage. Slots of ``network.{0,2,4,6}`` are visited in order; a slot without parameters is
-    the flatten, after which x holds (B, N, C) tokens."""
+    the flatten, after which x holds (B, N, C) tokens. ``relative``: attention biases from
+    :func:`relative_grid_bias` (mmef's default mode) instead of the original arithmetic."""
     x = F.relu(_bn(_conv(x, sd, 'patch_embed.0', 2, 1), sd, 'patch_embed.1'))
     x = F.relu(_bn(_conv(x, sd, 'patch_embed.3', 2, 1), sd, 'patch_embed.4'))
     for net in range(7):
@@ -211,22 +228,25 @@ def _run(sd, x):
             if f'{p}.mlp.norm1.weight' in sd:
                 x = _block4d(x, sd, p)
             elif f'{p}.norm1.weight' in sd:
-                x = _block3d(x, sd, p)
+                x = _block3d(x, sd, p, shape[-2:], relative)
             else:
                 x = x.flatten(2).transpose(1, 2)
         yield net, x, shape
 
 
-def original_forward(sd, x):
+def original_forward(sd, x, relative=False):
     """The four normalised stage outputs of the original dense backbone (eval mode).
 
-    ``sd`` is an original-format backbone state dict with output norms norm0/2/4/6.
+    ``sd`` is an original-format backbone state dict with output norms norm0/2/4/6; without
+    them (ImageNet files) the output norms have their initial affine (weight 1, bias 0), as in a
+    backbone freshly initialised from such a file. ``relative``: mmef's default attention bias
+    (:func:`relative_grid_bias` of the ImageNet table) instead of the original arithmetic.
     """
     outs = []
-    for net, feat, shape in _run(sd, x):
+    for net, feat, shape in _run(sd, x, relative):
         if feat.dim() == 3:
             feat = feat.transpose(1, 2).reshape(shape)
-        outs.append(F.group_norm(feat, 1, sd[f'norm{net}.weight'], sd[f'norm{net}.bias'],
+        outs.append(F.group_norm(feat, 1, sd.get(f'norm{net}.weight'), sd.get(f'norm{net}.bias'),
                                  eps=1e-5))
     return outs
 

@@ -65,6 +65,22 @@ def test_batch_items_are_independent():
         torch.testing.assert_close(a[:1], b, rtol=1e-4, atol=1e-4)
 
 
+def test_outputs_are_group_normalised():
+    """Each output map is GroupNorm(1, C)-ed: with the initial affine, zero mean and unit
+    variance per sample (a missing output norm would leave the raw stage statistics)."""
+    model = randomize(EfficientFormer('l1')).eval()
+    for i in range(4):
+        norm = getattr(model, f'norm{i}')
+        nn.init.ones_(norm.weight)
+        nn.init.zeros_(norm.bias)
+    with torch.no_grad():
+        outs = model(torch.randn(2, 3, 96, 160) * 3 + 1)
+    for out in outs:
+        flat = out.flatten(1)
+        torch.testing.assert_close(flat.mean(1), torch.zeros(2), rtol=0, atol=1e-4)
+        torch.testing.assert_close(flat.var(1, unbiased=False), torch.ones(2), rtol=0, atol=1e-3)
+
+
 def test_channels_last_input_matches():
     model = randomize(EfficientFormer('l1')).eval()
     x = torch.randn(1, 3, 128, 160)
@@ -113,7 +129,7 @@ def test_relative_bias_equals_table_at_7x7():
     for (i, j) in [(0, 0), (0, 48), (10, 3), (24, 40), (48, 6)]:
         dy, dx = abs(i // 7 - j // 7), abs(i % 7 - j % 7)
         torch.testing.assert_close(bias[:, i, j], table[:, dy * 7 + dx], rtol=0, atol=0)
-    torch.testing.assert_close(bias, table[:, offset_index(7, 7)], rtol=0, atol=0)
+    torch.testing.assert_close(bias, table[:, offset_index((7, 7))], rtol=0, atol=0)
 
 
 def test_relative_bias_translation_invariant_on_9x13():
@@ -131,19 +147,25 @@ def test_relative_bias_translation_invariant_on_9x13():
     assert not torch.allclose(bias[:, 0, 1], bias[:, 0, 2])
 
 
-def test_bias_cache_eval_only_and_dropped_on_train():
+def test_bias_cached_in_eval_recomputed_in_training():
     attn = Attention(64)
     with torch.no_grad():
         attn.bias_table.normal_()
     attn.eval()
-    x = torch.randn(2, 9 * 13, 64)
-    with torch.no_grad():
-        attn(x, (9, 13))
-    assert list(attn._bias_cache) == [((9, 13), attn.bias_table.device)]
-    attn.train()
-    assert attn._bias_cache == {}
-    attn(x, (9, 13))
-    assert attn._bias_cache == {}
+    first = attn.attn_bias((9, 13))
+    assert attn.attn_bias((9, 13)) is first  # computed once per grid size in eval
+    assert not first.requires_grad
+    with torch.no_grad():  # an in-place change in eval mode is not seen (documented)
+        attn.bias_table.add_(1.)
+    assert torch.equal(attn.attn_bias((9, 13)), first)
+    attn.train()  # training: recomputed every call, differentiable
+    trained = attn.attn_bias((9, 13))
+    assert trained.requires_grad and attn.attn_bias((9, 13)) is not trained
+    torch.testing.assert_close(trained.detach(), first + 1)  # bicubic weights sum to 1
+    attn.eval()  # back in eval: the cache was dropped by train()
+    again = attn.attn_bias((9, 13))
+    assert again is not first
+    torch.testing.assert_close(again, first + 1)
 
 
 def test_bias_cache_dropped_when_weights_load():

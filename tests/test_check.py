@@ -1,4 +1,5 @@
 """`python -m mmef.check` reports the environment and fails with a fix when an item is broken."""
+import re
 import subprocess
 import sys
 
@@ -24,7 +25,7 @@ def test_mmcv_without_ops_fails_with_fix():
     # what mmcv-lite looks like: the compiled extension mmcv._ext cannot be imported
     proc = run_check("import sys; sys.modules['mmcv._ext'] = None")
     assert proc.returncode == 1
-    assert 'mmcv ops                            no' in proc.stdout
+    assert re.search(r'^mmcv ops +no$', proc.stdout, re.M), proc.stdout
     fix = [line for line in proc.stderr.splitlines() if 'mmcv compiled ops do not load' in line]
     assert len(fix) == 1 and 'MMCV_WITH_OPS=1' in fix[0] and 'mmcv==2.1.0' in fix[0]
 
@@ -42,3 +43,22 @@ def test_wrong_mmcv_version_fails_with_fix():
     proc = run_check("import mmcv; mmcv.__version__ = '2.2.0'")
     assert proc.returncode == 1
     assert 'mmcv 2.2.0 is outside >=2.0,<2.2' in proc.stderr
+
+
+def test_namespace_package_is_named(tmp_path):
+    """mmef imported as an empty namespace package (a folder named mmef without __init__.py
+    ahead of the real package on sys.path): the check says so instead of advising a reinstall."""
+    (tmp_path / 'mmef').mkdir()
+    script = tmp_path / 'run_check.py'
+    script.write_text(
+        'import sys\n'
+        'import mmef.check as check  # the real module, loaded while the package is found\n'
+        'for name in [n for n in sys.modules if n == "mmef" or n.startswith("mmef.")]:\n'
+        '    del sys.modules[name]\n'
+        f'sys.path.insert(0, {str(tmp_path)!r})  # now "import mmef" finds the empty folder\n'
+        'sys.exit(check.main())\n')
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, cwd=str(tmp_path.parent))
+    assert proc.returncode == 1
+    assert 'namespace package' in proc.stderr and str(tmp_path / 'mmef') in proc.stderr, \
+        proc.stderr

@@ -69,7 +69,8 @@ def test_original_downstream_file_loads_and_reproduces(tmp_path, task, arch):
 
     dst = tmp_path / f'{task}_{arch}_mmef.pth'
     text = format_summary(convert_checkpoint(src, dst))  # what the command line prints
-    assert f'use: python tools/test.py {config} {dst} --cfg-options ' in text
+    assert f'use with the mmef config {osp.basename(config)} ' in text
+    assert f'python tools/test.py CONFIG {dst} --cfg-options ' in text
     line = text.split('--cfg-options ')[1].splitlines()[0]
     options = _parse_cfg_options(line)
     assert options == {'model.backbone.attn_bias_mode': 'official',

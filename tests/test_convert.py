@@ -81,13 +81,15 @@ def test_imagenet_file_becomes_a_tensor_only_state_dict(files, tmp_path):
 
 
 @pytest.mark.parametrize('name,resolution,kind,config', [
-    ('coco', 25, 'detection', 'configs/mask_rcnn/mask-rcnn_efficientformer-l1_fpn_1x_coco.py'),
-    ('ade', 16, 'segmentation',
-     'configs/semantic_fpn/fpn_efficientformer-l1_8xb4-40k_ade20k-512x512.py')])
+    ('coco', 25, 'detection', 'mask-rcnn_efficientformer-l1_fpn_1x_coco.py'),
+    ('ade', 16, 'segmentation', 'fpn_efficientformer-l1_8xb4-40k_ade20k-512x512.py')])
 def test_dense_runner_file_keeps_the_whole_model(files, tmp_path, name, resolution, kind, config):
     dst = tmp_path / f'{name}_mmef.pth'
     s = convert_checkpoint(files['root'] / f'{name}.pth', dst)
-    out = torch.load(dst, weights_only=True)
+    converted = torch.load(dst, weights_only=True)
+    # the classes of the mmcv 1.x file (meta.CLASSES) are kept for the inference APIs
+    assert converted['meta'] == {'dataset_meta': {'classes': ('person', 'bicycle')}}
+    out = converted['state_dict']
     src = files[name]
     heads = {k: v for k, v in src.items() if not k.startswith('backbone.')}
     backbone = {k[9:]: v for k, v in src.items() if k.startswith('backbone.')}
@@ -122,7 +124,12 @@ def test_mmef_file_is_a_no_op_and_output_is_deterministic(files, tmp_path):
         s = convert_checkpoint(a, c)
         assert _bytes(a) == _bytes(b) == _bytes(c), name
         assert s['format'] == 'mmef' and s['renamed'] == 0 and not s['dropped']
-        _assert_same(torch.load(a, weights_only=True), torch.load(c, weights_only=True))
+        first, again = torch.load(a, weights_only=True), torch.load(c, weights_only=True)
+        if name == 'coco':  # kept classes survive a second conversion
+            assert first['meta'] == again['meta'] == {
+                'dataset_meta': {'classes': ('person', 'bicycle')}}
+            first, again = first['state_dict'], again['state_dict']
+        _assert_same(first, again)
 
 
 def test_mappings_are_pure_and_idempotent(files):
@@ -293,7 +300,7 @@ def test_mmengine_runner_checkpoint_and_dataparallel_prefix(files, tmp_path):
     """An mmef training checkpoint (message hub, schedulers) and a 'module.'-prefixed file."""
     from mmengine.logging import HistoryBuffer
     convert_checkpoint(files['root'] / 'coco.pth', tmp_path / 'coco_mmef.pth')
-    weights = torch.load(tmp_path / 'coco_mmef.pth', weights_only=True)
+    weights = torch.load(tmp_path / 'coco_mmef.pth', weights_only=True)['state_dict']
     hub = HistoryBuffer()
     hub.update(0.5)
     torch.save({'meta': {'epoch': 3, 'iter': 300}, 'state_dict': weights,

@@ -6,9 +6,10 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmef.deploy import fuse_conv_bn, switch_to_deploy, switch_to_deploy_model
+from mmef.deploy import (DeployedGroupNorm, DeployedMB3D, DeployedMB4D, fold_conv_norm,
+                         is_deployed, switch_to_deploy, switch_to_deploy_model)
 from mmef.models import EfficientFormer
-from mmef.models.layers import DropPath, LayerScale
+from mmef.models.layers import MB3D, MB4D, ConvNorm, DropPath, LayerScale
 from weights import randomize
 
 
@@ -38,7 +39,7 @@ def assert_rel_close(outs, refs, tol=1e-4):
 def test_deployed_equals_unfused(arch, mode):
     torch.manual_seed(0)
     model = build(arch, attn_bias_mode=mode, attn_bias_resolution=5 if mode == 'official' else 7)
-    deployed = copy.deepcopy(model).switch_to_deploy()
+    deployed = switch_to_deploy(copy.deepcopy(model))
     for size in [(96, 128), (130, 70)]:  # the second: odd grids (ceil), non-square
         batch = 2 if arch == 'l1' and size[0] == 96 else 1  # per-sample loop of the attention
         x = torch.randn(batch, 3, *size)
@@ -52,17 +53,19 @@ def test_deployed_equals_unfused(arch, mode):
 
 def test_deploy_folds_and_drops_training_parts():
     model = build('l1', drop_path_rate=0.1, with_cp=True)
-    deployed = copy.deepcopy(model).switch_to_deploy()
-    kinds = (_BatchNorm, DropPath)
+    deployed = switch_to_deploy(copy.deepcopy(model))
+    kinds = (_BatchNorm, DropPath, LayerScale, ConvNorm, MB4D, MB3D)
     assert any(isinstance(m, kinds) for m in model.modules())
     assert not any(isinstance(m, kinds) for m in deployed.modules())
+    assert not is_deployed(model) and is_deployed(deployed)
     for stage in deployed.stages:
         assert not stage.with_cp
-        for block in stage.blocks:  # MB4D: ls2 folded, ls1 (pool - x) kept on purpose
-            assert isinstance(block.ls2, nn.Identity) and isinstance(block.ls1, LayerScale)
+        # MB4D: BN and ls2 folded into the convs, ls1 (times pool(x) - x) kept on purpose
+        assert all(isinstance(block, DeployedMB4D) for block in stage.blocks)
         for block in stage.attn_blocks:
-            assert isinstance(block.ls1, nn.Identity) and isinstance(block.ls2, nn.Identity)
+            assert isinstance(block, DeployedMB3D)
             assert not block.norm1.elementwise_affine and not block.norm2.elementwise_affine
+    assert all(isinstance(getattr(deployed, f'norm{i}'), DeployedGroupNorm) for i in range(4))
     keys = deployed.state_dict().keys()
     assert not any('.bn.' in k or 'running_mean' in k for k in keys)
     x = torch.randn(1, 3, 64, 96)
@@ -72,9 +75,9 @@ def test_deploy_folds_and_drops_training_parts():
 
 def test_deploy_twice_is_harmless_and_training_is_refused():
     model = build('l1')
-    deployed = copy.deepcopy(model).switch_to_deploy()
+    deployed = switch_to_deploy(copy.deepcopy(model))
     before = {k: v.clone() for k, v in deployed.state_dict().items()}
-    assert deployed.switch_to_deploy() is deployed
+    assert switch_to_deploy(deployed) is deployed
     after = deployed.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -91,15 +94,35 @@ def test_precompute_bias_for_input_size():
     model = build('l1')
     switch_to_deploy(model, input_size=(800, 1333))
     attn = model.stages[3].attn_blocks[0].attn
+    table = attn.attn.bias_table
     # 800x1333 -> four ceil-halvings -> 25 x 42 tokens: strides 4..32 as in the forward
-    assert [key[0] for key in attn._bias_cache] == [(25, 42)]
-    assert attn._bias_cache[((25, 42), torch.device('cpu'))].shape == (8, 25 * 42, 25 * 42)
+    bias = attn.attn_bias((25, 42))
+    assert bias.shape == (8, 25 * 42, 25 * 42)
+    with torch.no_grad():
+        table.add_(1.)  # precomputed: the 25x42 bias is not computed again...
+    assert attn.attn_bias((25, 42)) is bias
+    # ...while a grid seen for the first time is computed from the table as it is now
+    other = attn.attn_bias((24, 42))
+    assert other.shape == (8, 24 * 42, 24 * 42)
+    assert not torch.allclose(other[:, 0, 0], bias[:, 0, 0])
 
 
-def test_fuse_conv_bn_needs_running_stats():
-    conv, bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False)
-    with pytest.raises(ValueError, match='running statistics'):
-        fuse_conv_bn(conv, bn)
+@pytest.mark.parametrize('size', [(96, 160), (160, 96)])
+def test_folds_keep_bn_eps(size):
+    """BatchNorms with small running variances (1e-3..1e-2, weights scaled by sqrt(var) so that
+    activations stay bounded): there eps = 1e-5 shifts the result by up to 0.5 %, so a fold that
+    leaves eps out fails the 1e-5 tolerance below (float rounding is about 1e-6)."""
+    model = build('l1')
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, _BatchNorm):
+                m.running_var.uniform_(1e-3, 1e-2, generator=g)
+                m.weight.mul_(m.running_var.sqrt())
+    deployed = switch_to_deploy(copy.deepcopy(model))
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        assert_rel_close(deployed(x), reference(model, x), tol=1e-5)
 
 
 def test_deploy_model_finds_backbone_and_rejects_others():
@@ -110,7 +133,7 @@ def test_deploy_model_finds_backbone_and_rejects_others():
     model = build('l1')
     wrapper = nn.ModuleDict(dict(backbone=copy.deepcopy(model)))
     switch_to_deploy_model(wrapper)
-    assert wrapper['backbone'].deployed
+    assert is_deployed(wrapper['backbone'])
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert_rel_close(wrapper['backbone'](x), reference(model, x))
@@ -138,7 +161,7 @@ def test_deployed_mask_rcnn_equals_unfused():
     randomize(model.backbone)
     model.eval()
     deployed = switch_to_deploy_model(copy.deepcopy(model), fuse_others=True)
-    assert deployed.backbone.deployed
+    assert is_deployed(deployed.backbone)
     x = torch.randn(1, 3, 160, 224)
     samples = [DetDataSample(metainfo=dict(img_shape=(160, 224), ori_shape=(160, 224),
                                            scale_factor=(1., 1.), pad_shape=(160, 224),

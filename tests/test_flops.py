@@ -67,4 +67,13 @@ def test_deploy_keeps_macs_and_drops_bn_params():
 def test_cli_prints_table(capsys):
     get_flops.main(['--arch', 'l1', '--size', '224', '224', '--classifier'])
     out = capsys.readouterr().out
-    assert '| l1 | 12.29 | 1.291 |' in out and '1.30' in out
+    header = next(line for line in out.splitlines() if line.startswith('| arch |'))
+    row = next(line for line in out.splitlines() if line.startswith('| l1 |'))
+    cells = dict(zip([c.strip() for c in header.strip('|').split('|')],
+                     [c.strip() for c in row.strip('|').split('|')]))
+    params, macs = get_flops.measure('l1', (224, 224), classifier=True)
+    assert float(cells['params (M)']) == pytest.approx(params / 1e6, abs=0.005)
+    assert float(cells['GMACs']) == pytest.approx(macs['total'] / 1e9, abs=0.0005)
+    assert float(cells['paper GMACs']) == 1.30
+    assert float(cells['diff'].rstrip('%')) == pytest.approx(
+        100 * (macs['total'] / 1.30e9 - 1), abs=0.05)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmef.deploy import is_deployed
 from weights import randomize
 
 ort = pytest.importorskip('onnxruntime', reason='onnxruntime is not installed (pip install '
@@ -28,7 +29,7 @@ def test_onnx_matches_unfused_pytorch(tmp_path):
         expected = [o.detach() for o in copy.deepcopy(model)(x)]
     path = tmp_path / 'l1.onnx'
     deployed_out = export_onnx.export(model, x, str(path))
-    assert model.deployed  # export deploys the model it is given
+    assert is_deployed(model)  # export deploys the model it is given
     session = export_onnx.ort_session(str(path), threads=1)
     assert max(export_onnx.relative_errors(session, x, expected)) <= 1e-4
     assert max(export_onnx.relative_errors(session, x, deployed_out)) <= 1e-4

@@ -64,13 +64,15 @@ def test_summary_names_classifier_as_expected_leftover(l1_file):
 
 
 def test_bias_table_resized_as_grid_for_other_resolution(l1_file):
-    from mmef.models.attention import resize_table
     model = pretrained('l1', l1_file, attn_bias_resolution=16)
     model.init_weights()
     table = load_file(l1_file)['model']['network.6.4.token_mixer.attention_biases']
     got = model.stages[3].attn_blocks[0].attn.bias_table
     assert got.shape == (8, 256)
-    torch.testing.assert_close(got, resize_table(table, 7, (16, 16)))
+    # written out here, not taken from mmef: the 7x7 table as an image, bicubic to 16x16
+    expected = torch.nn.functional.interpolate(table.reshape(1, 8, 7, 7), size=(16, 16),
+                                               mode='bicubic', align_corners=False)
+    torch.testing.assert_close(got, expected.reshape(8, 256))
     # resized as a 2-D grid (bicubic over (|dy|, |dx|)), not as a flat vector of 49 entries
     flat = torch.nn.functional.interpolate(table[:, None], size=256, mode='linear')[:, 0]
     assert not torch.allclose(got, flat, atol=1e-2)
@@ -131,3 +133,36 @@ def test_loading_logs_a_summary(l1_file):
     assert f'loaded 274 tensors from {l1_file}' in log
     assert "missing 8: ['norm0.bias'" in log
     assert "classifier left out as expected: 6 (['dist_head', 'head', 'norm'])" in log
+
+
+@pytest.mark.parametrize('resolution', [7, 12])
+@pytest.mark.parametrize('size', [(256, 352), (352, 256), (250, 330)])
+def test_relative_mode_matches_independent_restatement(tmp_path, size, resolution):
+    """Default 'relative' bias from an original ImageNet file, whole backbone, non-square grids
+    in both orientations (8x11 and 11x8 tokens, and 8x11 from odd sizes), against
+    tests/_original_ref.relative_grid_bias (written without mmef). At resolution 12 the 7x7
+    table is first resized to 12x12 on loading, then to the grid seen."""
+    path = tmp_path / 'l1.pth'
+    sd = make_original_backbone('l1', seed=3)
+    save_imagenet_checkpoint(path, sd)
+    model = pretrained('l1', path, attn_bias_resolution=resolution).eval()
+    model.init_weights()
+    ref_sd = dict(sd)
+    key = 'network.6.4.token_mixer.attention_biases'
+    if resolution != 7:  # what loading does to the table, restated
+        ref_sd[key] = torch.nn.functional.interpolate(
+            sd[key].reshape(1, 8, 7, 7), size=(resolution, resolution), mode='bicubic',
+            align_corners=False).reshape(8, -1)
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        outs = model(x)
+        ref = original_forward(ref_sd, x, relative=True)
+    for out, r in zip(outs, ref):
+        assert out.shape == r.shape
+        torch.testing.assert_close(out, r, rtol=1e-4, atol=1e-4)
+    # the bias matters here: the original's own ImageNet arithmetic is undefined off 7x7, and
+    # a zero bias gives clearly different outputs
+    zero_sd = dict(ref_sd, **{key: torch.zeros_like(ref_sd[key])})
+    with torch.no_grad():
+        zero = original_forward(zero_sd, x, relative=True)[-1]
+    assert (zero - outs[-1]).abs().max() > 1e-2

@@ -6,8 +6,9 @@ Tasks:
   segmentor  Semantic FPN inference (predict mode; default 512x512)
   train      one Mask R-CNN training iteration: loss, backward, AdamW step (default batch 2)
   attention  one MB3D attention (C=448) on the stride-32 grid of --size: models 'sdpa'
-             (torch's scaled_dot_product_attention with the bias) and 'inplace' (mmef's CPU
-             inference path: bias added by the GEMM, softmax in place)
+             (the training module: torch's scaled_dot_product_attention with the bias) and
+             'inplace' (mmef.deploy.DeployedAttention's CPU inference path: bias added by the
+             GEMM, softmax in place)
 
 Latency: all models of a run live in one process and are timed round-robin (one run of each in
 turn), so that load from other processes hits every row alike; after ``--warmup`` runs, the median
@@ -22,8 +23,9 @@ attn_bias_mode='official', resolution 25, unfused), l1-original (that, plus the 
 per-forward work: the bias is re-interpolated on every forward and attention runs as explicit
 out-of-place matmul / softmax / matmul), r18 r50 (mmdet ResNet, eval), r50-deploy (ResNet-50 with
 BN folded by mmcv and channels_last, i.e. the same treatment as l*-deploy). Ablations of the
-deploy steps: l1-fold (BN and layer scales folded only, NCHW, out-of-place MB4D), l1-fold-cl
-(+ channels_last); l1-deploy adds the lerp / in-place MB4D forward.
+deploy steps, chosen through switch_to_deploy's options (DEPLOY_VARIANTS): l1-fold (BN and layer
+scales folded, NCHW, out-of-place MB4D), l1-fold-cl (+ channels_last); l1-deploy adds the
+lerp / in-place MB4D forward.
 Whole-model tasks: l1, l1-deploy, l3, l3-deploy, ..., r50 (mmdet / mmseg R-50 configs).
 
 Example:
@@ -62,26 +64,31 @@ CONFIGS['train'] = CONFIGS['detector']
 
 
 # ----------------------------------------------------------------------------- backbones
-def original_style_attention(attn):
-    """Makes an mmef Attention run the way the original dense code runs it on every forward:
-    the pair-matrix bias re-interpolated (no cache), explicit matmul / softmax / matmul."""
-    from mmef.models.attention import official_bias
+class OriginalStyleAttention(torch.nn.Module):
+    """An mmef Attention run the way the original dense code runs it on every forward: the
+    pair-matrix bias re-interpolated (no cache), explicit matmul / softmax / matmul."""
 
-    def forward(x, hw):
-        B, N, _ = x.shape
-        q, k, v = attn.qkv(x).view(B, N, attn.num_heads, -1).permute(0, 2, 1, 3).split(
-            [attn.key_dim, attn.key_dim, attn.val_dim], dim=3)
-        bias = official_bias(attn.bias_table, attn.bias_resolution, N)
+    def __init__(self, attn):
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, x, hw):
+        from mmef.models.attention import official_bias
+        attn = self.attn
+        q, k, v = attn.project_qkv(x)
+        bias = official_bias(attn.bias_table, attn.bias_resolution, x.shape[1])
         weights = ((q @ k.transpose(-2, -1)) * attn.scale + bias).softmax(dim=-1)
-        return attn.proj((weights @ v).transpose(1, 2).reshape(B, N, -1))
+        return attn.merge_heads(weights @ v)
 
-    attn.forward = forward
+
+# deploy steps per ablation (mmef.deploy.switch_to_deploy options)
+DEPLOY_VARIANTS = {'deploy': dict(), 'fold': dict(channels_last=False, fused_mixer=False),
+                   'fold-cl': dict(fused_mixer=False)}
 
 
 def build_backbone(name):
+    from mmef.deploy import ChannelsLast, switch_to_deploy
     from mmef.models import EfficientFormer
-    from mmef.models.attention import Attention
-    from mmef.models.layers import MB4D
     arch, _, variant = name.partition('-')
     if arch in ('r18', 'r50'):
         import mmdet.models  # noqa: F401  (registers ResNet)
@@ -92,7 +99,7 @@ def build_backbone(name):
         if variant == 'deploy':
             from mmcv.cnn import fuse_conv_bn
             model = fuse_conv_bn(model).to(memory_format=torch.channels_last)
-            model.forward = _channels_last_input(model.forward)
+            model = torch.nn.Sequential(ChannelsLast(), model)
         elif variant:
             raise ValueError(f'unknown ResNet variant {name!r}')
         return model
@@ -100,30 +107,16 @@ def build_backbone(name):
         model = EfficientFormer(arch, attn_bias_mode='official', attn_bias_resolution=25).eval()
         model.init_weights()
         if variant == 'original':
-            for m in model.modules():
-                if isinstance(m, Attention):
-                    original_style_attention(m)
+            for block in model.stages[-1].attn_blocks:
+                block.attn = OriginalStyleAttention(block.attn)
         return model
+    if variant and variant not in DEPLOY_VARIANTS:
+        raise ValueError(f'unknown model {name!r}')
     model = EfficientFormer(arch).eval()
     model.init_weights()
-    if variant in ('deploy', 'fold', 'fold-cl'):
-        model.switch_to_deploy()
-    elif variant:
-        raise ValueError(f'unknown model {name!r}')
-    if variant in ('fold', 'fold-cl'):  # ablations: switch the speed-ups off again
-        for m in model.modules():
-            if isinstance(m, MB4D):
-                m.deployed = False  # plain sub/mul/add forward, out of place (ls2 stays folded)
-        if variant == 'fold':
-            model.stem.channels_last = False
-            model.to(memory_format=torch.contiguous_format)
+    if variant:
+        switch_to_deploy(model, **DEPLOY_VARIANTS[variant])
     return model
-
-
-def _channels_last_input(forward):
-    def wrapped(x):
-        return forward(x.contiguous(memory_format=torch.channels_last))
-    return wrapped
 
 
 # ----------------------------------------------------------------------------- whole models
@@ -230,27 +223,23 @@ def make_runner(task, name, size, batch, device, fp16):
 
 
 def attention_runner(name, size, batch, device):
-    import torch.nn.functional as F
+    """One L1-width attention (qkv, attention, projection) on the stride-32 grid of ``size``:
+    'sdpa' is the training module in eval mode, 'inplace' its deploy-mode wrapper."""
+    from mmef.deploy import DeployedAttention
     from mmef.models.attention import Attention
     h, w = size
     for _ in range(5):
         h, w = (h + 1) // 2, (w + 1) // 2
     attn = Attention(448).eval().to(device)
     x = torch.randn(batch, h * w, 448, device=device)
-    with torch.no_grad():
-        q, k, v = attn.qkv(x).view(batch, h * w, 8, -1).split([32, 32, 128], dim=3)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        bias = attn.attn_bias((h, w))
-    if name == 'sdpa':
-        def run():
-            with torch.inference_mode():
-                F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
-    elif name == 'inplace':
-        def run():
-            with torch.inference_mode():
-                attn._attend_inplace(q, k, v, bias)
-    else:
-        raise ValueError(f'attention task models: sdpa, inplace; got {name!r}')
+    models = {'sdpa': attn, 'inplace': DeployedAttention(attn)}
+    if name not in models:
+        raise ValueError(f'attention task models: {sorted(models)}; got {name!r}')
+    model = models[name]
+
+    def run():
+        with torch.inference_mode():
+            model(x, (h, w))
     return run
 
 

@@ -76,13 +76,12 @@ def make_data(task, seed):
 
 def train(task, seed):
     """Trains and validates the task's demo config; returns (metrics, checkpoint, seconds)."""
-    from mmengine.config import Config
-    from mmengine.runner import Runner
-    cfg = Config.fromfile(TASKS[task]['config'])
+    from mmef.engine import build_runner, load_config
+    cfg, _ = load_config(TASKS[task]['config'])
     cfg.work_dir = TASKS[task]['work_dir']
     cfg.randomness = dict(seed=seed)
     t0 = time.time()
-    runner = Runner.from_cfg(cfg)
+    runner = build_runner(cfg)
     runner.train()
     seconds = time.time() - t0
     hub = runner.message_hub
@@ -100,8 +99,8 @@ def train(task, seed):
 
 def picture(task, checkpoint, num_images=6):
     """Predictions of the saved checkpoint (public inference API) on validation images."""
-    from tools.infer import build_model, predict, visualise
-    model, scope = build_model(TASKS[task]['config'], checkpoint, 'cpu')
+    from mmef.engine import build_inferencer, draw_prediction
+    inferencer, scope = build_inferencer(TASKS[task]['config'], checkpoint, 'cpu')
     pattern = osp.join(TASKS[task]['data'], TASKS[task]['val_images'])
     images = sorted(glob.glob(pattern))
     if not images:
@@ -109,8 +108,8 @@ def picture(task, checkpoint, num_images=6):
     tiles = []
     tmp = osp.join(TASKS[task]['work_dir'], 'vis')
     for image in images[:num_images]:
-        out = visualise(model, scope, image, predict(model, scope, image),
-                        osp.join(tmp, osp.basename(image)), score_thr=0.5)
+        out = draw_prediction(inferencer, scope, image, osp.join(tmp, osp.basename(image)),
+                              score_thr=0.5)
         tiles.append(cv2.resize(cv2.imread(out), (256, 256), interpolation=cv2.INTER_AREA))
     cols = min(3, len(tiles))
     tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % cols)  # fill the last row

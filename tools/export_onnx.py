@@ -40,49 +40,10 @@ class SegmentorLogits(nn.Module):
         return self.segmentor.decode_head(self.segmentor.extract_feat(x))
 
 
-class TwoPassGroupNorm(nn.Module):
-    """GroupNorm(num_groups, C) on NCHW maps as explicit two-level reductions, for export only.
-
-    Exported as is, GroupNorm becomes InstanceNormalization, and onnxruntime's reductions over a
-    whole large map lose precision when its mean is large next to its spread (stage 0 of L1 at
-    224x320: 5e-5 relative error against a float64 reference, PyTorch 5e-7). Reducing rows,
-    then the row results, and centring before the variance keeps it near PyTorch's level.
-    """
-
-    def __init__(self, norm):
-        super().__init__()
-        self.num_groups, self.eps = norm.num_groups, norm.eps
-        self.weight, self.bias = norm.weight, norm.bias
-
-    @staticmethod
-    def _mean(x):  # (B, G, rows, cols) -> (B, G, 1, 1)
-        return x.mean(-1, keepdim=True).mean(-2, keepdim=True)
-
-    def forward(self, x):
-        b, c, h, w = x.shape
-        g = x.reshape(b, self.num_groups, c // self.num_groups * h, w)
-        g = g - self._mean(g)
-        g = g * torch.rsqrt(self._mean(g * g) + self.eps)
-        x = g.reshape(b, c, h, w)
-        if self.weight is not None:
-            x = x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
-        return x
-
-
-def _replace_group_norms(module):
-    for name, child in module.named_children():
-        if isinstance(child, nn.GroupNorm):
-            setattr(module, name, TwoPassGroupNorm(child))
-        else:
-            _replace_group_norms(child)
-
-
 def build_backbone(arch, checkpoint=None):
-    model = EfficientFormer(arch)
+    init_cfg = dict(type='Pretrained', checkpoint=checkpoint) if checkpoint else None
+    model = EfficientFormer(arch, init_cfg=init_cfg)
     model.init_weights()
-    if checkpoint:
-        from mmef.checkpoint import load_pretrained
-        load_pretrained(model, checkpoint)
     return model.eval()
 
 
@@ -109,8 +70,8 @@ def build_segmentor(config, checkpoint=None):
 
 def export(model, x, path, opset=17):
     """Deploys ``model`` (in place) for inputs shaped like ``x`` and writes ONNX to ``path``."""
+    # deploy mode also exports the output GroupNorms precisely (mmef.deploy.DeployedGroupNorm)
     switch_to_deploy_model(model, fuse_others=not isinstance(model, EfficientFormer))
-    _replace_group_norms(model)
     with torch.no_grad():
         outputs = model(x)  # fills the bias cache for this size: exported as a constant
     outputs = [outputs] if torch.is_tensor(outputs) else list(outputs)

@@ -1,29 +1,37 @@
 """Parameters and multiply-accumulates (MACs) of the EfficientFormer backbone at any input size.
 
-MACs are counted with forward hooks on every Conv2d and Linear plus the two attention matmuls
-(q k^T and attn v) of each MB3D block; element-wise work (norms, activations, pooling, softmax,
-bias adds) is not counted, as in the paper's GMACs. ``--classifier`` adds the ImageNet head the
-paper counts (final LayerNorm, mean over tokens, ``head`` and ``dist_head`` Linear layers to
-1000 classes), so that at 224x224 the numbers can be compared with the paper
-(L1 1.30G, L3 3.74G, L7 10.16G MACs; 12.3M / 31.4M / 82.2M parameters).
+MACs are counted by ``mmengine.analysis.FlopAnalyzer`` (one multiply-add = 1) on a traced forward,
+with one extra handle for the attention (``aten::scaled_dot_product_attention``: q k^T and
+attn v) and the norm handles switched off: like the paper's GMACs, only convolutions, linear
+layers and the attention matmuls count, not element-wise work (norms, activations, pooling,
+softmax, bias adds). ``--classifier`` adds the ImageNet head the paper counts (final LayerNorm,
+mean over tokens, ``head`` and ``dist_head`` Linear layers to 1000 classes), so that at 224x224
+the numbers can be compared with the paper (L1 1.30G, L3 3.74G, L7 10.16G MACs; 12.3M / 31.4M /
+82.2M parameters).
 
 Example:
     python tools/get_flops.py --arch l1 l3 l7 --size 224 224 --classifier
     python tools/get_flops.py --arch l1 --size 800 1344
 """
 import argparse
+import math
 import os
 import sys
 
 import torch
 import torch.nn as nn
+from mmengine.analysis import FlopAnalyzer
+from mmengine.analysis.jit_handles import get_shape
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mmef.deploy import switch_to_deploy  # noqa: E402
 from mmef.models import EfficientFormer  # noqa: E402
-from mmef.models.attention import Attention  # noqa: E402
 
 PAPER = {'l1': (1.30e9, 12.3e6), 'l3': (3.74e9, 31.4e6), 'l7': (10.16e9, 82.2e6)}
+# FlopAnalyzer operator names -> the table's columns
+KINDS = {'conv': 'conv', 'linear': 'linear', 'scaled_dot_product_attention': 'attention matmul'}
+NOT_COUNTED = ('aten::batch_norm', 'aten::group_norm', 'aten::layer_norm')
 
 
 class ClassifierEquivalent(nn.Module):
@@ -42,38 +50,24 @@ class ClassifierEquivalent(nn.Module):
         return (self.head(tokens) + self.dist_head(tokens)) / 2
 
 
-def _conv_macs(module, inputs, output):
-    k = module.kernel_size[0] * module.kernel_size[1]
-    return output.numel() * (module.in_channels // module.groups) * k
-
-
-def _linear_macs(module, inputs, output):
-    return output.numel() * module.in_features
-
-
-def _attention_macs(module, inputs, output):
-    batch, tokens, _ = inputs[0].shape
-    return batch * module.num_heads * tokens * tokens * (module.key_dim + module.val_dim)
+def attention_macs(inputs, outputs):
+    """q (..., N, dk), k (..., M, dk), v (..., M, dv): N M dk for q k^T plus N M dv for attn v."""
+    q, k, v = (get_shape(inputs[i]) for i in range(3))
+    return math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
 
 
 def count_macs(model, inputs):
     """Total MACs of one forward of ``model(inputs)``, by layer kind, as a dict of ints."""
-    counts = {'conv': 0, 'linear': 0, 'attention matmul': 0}
-    rules = [(nn.Conv2d, 'conv', _conv_macs), (nn.Linear, 'linear', _linear_macs),
-             (Attention, 'attention matmul', _attention_macs)]
-    handles = []
-    for module in model.modules():
-        for kind, name, rule in rules:
-            if isinstance(module, kind):
-                def hook(mod, inp, out, name=name, rule=rule):
-                    counts[name] += int(rule(mod, inp, out))
-                handles.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    analyzer = FlopAnalyzer(model.eval(), inputs)
+    analyzer.set_op_handle('aten::scaled_dot_product_attention', attention_macs,
+                           **{name: None for name in NOT_COUNTED})
+    analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    with torch.no_grad():
+        by_op = analyzer.by_operator()
+    unknown = sorted(set(by_op) - set(KINDS))
+    if unknown:
+        raise RuntimeError(f'counted operators outside the table: {unknown}')
+    counts = {kind: int(by_op.get(op, 0)) for op, kind in KINDS.items()}
     counts['total'] = sum(counts.values())
     return counts
 
@@ -86,7 +80,7 @@ def measure(arch, size, classifier=False, deploy=False):
     """Returns (params, macs dict) of the backbone (optionally with the classifier head)."""
     model = EfficientFormer(arch, out_indices=(3, ) if classifier else (0, 1, 2, 3)).eval()
     if deploy:
-        model.switch_to_deploy()
+        switch_to_deploy(model)
     if classifier:
         model = ClassifierEquivalent(model).eval()
     return count_params(model), count_macs(model, torch.zeros(1, 3, *size))

@@ -1,23 +1,18 @@
 """Run a trained model on images and write visualised predictions (mmdet or mmseg config).
 
-Uses the public inference APIs: ``mmdet.apis.init_detector`` / ``inference_detector`` and
-``mmseg.apis.init_model`` / ``inference_model``.
+Uses mmdet's ``DetInferencer`` / mmseg's ``MMSegInferencer`` (see ``mmef.engine.build_inferencer``).
 
 Example:
     python tools/infer.py CONFIG CKPT demo.jpg --out vis/demo_pred.jpg
     python tools/infer.py CONFIG CKPT a.jpg b.jpg --out-dir vis/
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
-import mmcv  # noqa: E402
-
-from mmef.checkpoint import load_file  # noqa: E402
-from mmef.engine import load_config  # noqa: E402
+from mmef.engine import build_inferencer, draw_prediction  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -39,55 +34,17 @@ def parse_args(argv=None):
     return args
 
 
-def build_model(config, checkpoint, device='cpu'):
-    """(model, scope) through the task's public init API."""
-    cfg, scope = load_config(config)
-    load_file(checkpoint)  # clear errors for a missing, corrupt or unsafe file
-    if scope == 'mmdet':
-        from mmdet.apis import init_detector
-        return init_detector(cfg, checkpoint, device=device), scope
-    from mmseg.apis import init_model
-    return init_model(cfg, checkpoint, device=device), scope
-
-
-def predict(model, scope, image):
-    """The data sample the task's public inference API returns for one image path."""
-    if scope == 'mmdet':
-        from mmdet.apis import inference_detector
-        return inference_detector(model, image)
-    from mmseg.apis import inference_model
-    return inference_model(model, image)
-
-
-def visualise(model, scope, image, result, out_file, score_thr=0.3, opacity=0.5):
-    """Draws ``result`` over ``image`` and writes it to ``out_file``."""
-    if scope == 'mmdet':
-        from mmdet.visualization import DetLocalVisualizer as visualizer_cls
-        kwargs = dict(pred_score_thr=score_thr)
-    else:
-        from mmseg.visualization import SegLocalVisualizer as visualizer_cls
-        kwargs = dict(with_labels=True)
-    # one visualizer per task and process (mmengine keeps them by name)
-    vis = visualizer_cls.get_instance(f'mmef_infer_{scope}', alpha=opacity)
-    vis.dataset_meta = model.dataset_meta
-    img = mmcv.imread(image, channel_order='rgb')
-    os.makedirs(osp.dirname(osp.abspath(out_file)), exist_ok=True)
-    vis.add_datasample('prediction', img, result, draw_gt=False, show=False,
-                       out_file=out_file, **kwargs)
-    return out_file
-
-
 def main(argv=None):
     args = parse_args(argv)
-    model, scope = build_model(args.config, args.checkpoint, args.device)
-    written = []
     for image in args.images:
         if not osp.isfile(image):
             raise FileNotFoundError(f'image {image!r} does not exist')
+    inferencer, scope = build_inferencer(args.config, args.checkpoint, args.device)
+    written = []
+    for image in args.images:
         out = args.out or osp.join(args.out_dir, osp.basename(image))
-        result = predict(model, scope, image)
-        written.append(visualise(model, scope, image, result, out, args.score_thr,
-                                 args.opacity))
+        written.append(draw_prediction(inferencer, scope, image, out, args.score_thr,
+                                       args.opacity))
         print(f'wrote {out}')
     return written
 

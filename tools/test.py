@@ -17,7 +17,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 from mmengine.config import DictAction  # noqa: E402
 
 from mmef.checkpoint import load_file  # noqa: E402
-from mmef.engine import build_runner, load_config, set_work_dir, setup_launcher  # noqa: E402
+from mmef.engine import (build_runner, check_dataset, load_config, set_work_dir,  # noqa: E402
+                         setup_launcher)
 
 
 def parse_args(argv=None):
@@ -74,6 +75,7 @@ def main(argv=None):
         _out(cfg, scope, args.out)
     setup_launcher(cfg, args.launcher)
     runner = build_runner(cfg)
+    check_dataset(runner, 'test')
     metrics = runner.test()
     printable = {k: float(v) if hasattr(v, '__float__') else v for k, v in metrics.items()}
     print('metrics: ' + json.dumps(printable, sort_keys=True))

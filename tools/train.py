@@ -15,8 +15,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 
 from mmengine.config import DictAction  # noqa: E402
 
-from mmef.engine import (build_runner, enable_amp, load_config, set_resume,  # noqa: E402
-                         set_work_dir, setup_launcher)
+from mmef.engine import (build_runner, check_dataset, enable_amp, load_config,  # noqa: E402
+                         set_resume, set_work_dir, setup_launcher)
 
 
 def parse_args(argv=None):
@@ -56,6 +56,8 @@ def main(argv=None):
         from mmdet.utils import setup_cache_size_limit_of_dynamo
         setup_cache_size_limit_of_dynamo()
     runner = build_runner(cfg)
+    for split in ('train', 'val'):
+        check_dataset(runner, split)
     runner.train()
     return runner
 

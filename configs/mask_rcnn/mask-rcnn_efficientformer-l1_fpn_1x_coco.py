@@ -2,7 +2,9 @@
 # Recipe of the EfficientFormer paper: 1333x800 keep-ratio, flip, pad to 32, 2 img/GPU x 8 GPUs,
 # AdamW lr 2e-4 wd 1e-4, 12 epochs, lr x0.1 after epochs 8 and 11, linear warmup 500 iterations.
 # Everything else (data pipeline, heads, 1x schedule, runtime) comes from mmdet's R-50 config.
-_base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
+_base_ = [
+    'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', '../_base_/efficientformer_adamw.py'
+]
 
 custom_imports = dict(imports=['mmef'], allow_failed_imports=False)
 
@@ -21,14 +23,7 @@ model = dict(
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[48, 96, 224, 448]))
 
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=1e-4),
-    # no weight decay for attention-bias tables, layer scales and all norm layers
-    paramwise_cfg=dict(
-        norm_decay_mult=0.,
-        custom_keys={'bias_table': dict(decay_mult=0.), '.gamma': dict(decay_mult=0.)}))
+optim_wrapper = {{_base_.efficientformer_optim_wrapper}}  # AdamW, see the base file
 
 # checkpoints are written to a temporary file and renamed: a killed run never leaves a
 # half-written checkpoint (mmef.fileio)

@@ -4,7 +4,8 @@
 # Semantic FPN pieces (the same as its fpn_r50_4xb4-160k_ade20k-512x512.py, with the 40k schedule).
 _base_ = [
     'mmseg::_base_/models/fpn_r50.py', 'mmseg::_base_/datasets/ade20k.py',
-    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_40k.py'
+    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_40k.py',
+    '../_base_/efficientformer_adamw.py'
 ]
 
 custom_imports = dict(imports=['mmef'], allow_failed_imports=False)
@@ -32,17 +33,7 @@ model = dict(
 
 train_dataloader = dict(batch_size=4)
 
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=1e-4),
-    # no weight decay for attention-bias tables, layer scales and all norm layers
-    paramwise_cfg=dict(
-        norm_decay_mult=0.,
-        custom_keys={'bias_table': dict(decay_mult=0.), '.gamma': dict(decay_mult=0.)}))
-param_scheduler = [
-    dict(type='PolyLR', eta_min=0., power=0.9, begin=0, end=40000, by_epoch=False)
-]
+optim_wrapper = {{_base_.efficientformer_optim_wrapper}}  # AdamW, see the base file
 
 # checkpoints are written to a temporary file and renamed: a killed run never leaves a
 # half-written checkpoint (mmef.fileio)

@@ -2,14 +2,18 @@
 
 Sources: the original ImageNet files ({'model', 'args', 'optimizer', ...}), the original mmcv 1.x
 Mask R-CNN / Semantic FPN runner checkpoints ({'meta', 'state_dict', 'optimizer'} with
-``backbone.`` keys), timm and mmpretrain ImageNet files, and mmef files (a no-op). The output holds
-only tensors, so ``torch.load(weights_only=True)`` reads it:
+``backbone.`` keys), timm and mmpretrain ImageNet files, and mmef files, including one's own
+training checkpoints. The output holds only tensors and plain containers, so
+``torch.load(weights_only=True)`` reads it:
 
 * ImageNet files -> backbone keys in mmef names plus the classifier under its original names
   (``head.``, ``dist_head.``, ``norm.``), for ``init_cfg=dict(type='Pretrained', checkpoint=...)``;
 * detector / segmentor files -> the whole model: ``backbone.`` + mmef names, and the neck and head
   keys, which mmdet 3 / mmseg 1 still use under the same names, for ``load_from`` or
-  ``tools/test.py CONFIG CHECKPOINT``.
+  ``tools/test.py CONFIG CHECKPOINT``;
+* when the source names the classes it was trained on (mmengine ``meta.dataset_meta``, mmcv 1.x
+  ``meta.CLASSES`` / ``PALETTE``), the output is ``{'state_dict': ..., 'meta': {'dataset_meta':
+  ...}}``, so that the inference APIs label predictions with those classes.
 
 The file is written to a temporary file next to DST and renamed over it, so an interrupted or
 failed write never leaves a partial DST; DST is only replaced when ``force=True``.
@@ -18,63 +22,21 @@ import hashlib
 import math
 import os
 import re
-import tempfile
 
 import torch
 
-from .io import CheckpointError, load_file, state_dict_of
-from .keys import CLASSIFIER_PREFIXES, map_with_report, needs_official_bias
+from ..fileio import atomic_write
+from ..models.attention import DENSE_BIAS_RESOLUTIONS
+from .io import CheckpointError
+from .reader import OUTPUT_NORM, match_keys, read_checkpoint, unknown_layout
 
-# Neck / head keys renamed between mmdet 2.19 / mmseg 0.19 and mmdet 3 / mmseg 1: none for the
-# heads the original recipes use (FPN, RPNHead, Shared2FCBBoxHead, FCNMaskHead, FPNHead), which
-# kept their module names (lateral_convs / fpn_convs, rpn_conv / rpn_cls / rpn_reg, shared_fcs /
-# fc_cls / fc_reg, convs / upsample / conv_logits, scale_heads / conv_seg). Kept as a table so a
-# rename found later is one line.
-HEAD_RENAMES = {}
-
-# mmpretrain ImageNet classifier (outside 'backbone.') -> the original names
-_MMPRETRAIN_HEAD = {'head.head.': 'head.', 'head.dist_head.': 'dist_head.'}
-
-# dense models the converter knows, by the attention-bias table side of the original files
-DENSE_RESOLUTIONS = {25: 'COCO Mask R-CNN', 16: 'ADE20K Semantic FPN'}
-CONFIGS = {
-    'detection': 'configs/mask_rcnn/mask-rcnn_efficientformer-{arch}_fpn_1x_coco.py',
-    'segmentation': 'configs/semantic_fpn/fpn_efficientformer-{arch}_8xb4-40k_ade20k-512x512.py',
+# the mmef configs (in the repository's configs/ folder) that the dense files belong to
+DENSE_CONFIGS = {
+    'detection': 'mask-rcnn_efficientformer-{arch}_fpn_1x_coco.py',
+    'segmentation': 'fpn_efficientformer-{arch}_8xb4-40k_ade20k-512x512.py',
 }
-
-
-def _split(state_dict):
-    """(backbone-level dict, other model keys): files of whole models carry 'backbone.' keys."""
-    if state_dict and all(k.startswith('module.') for k in state_dict):  # DataParallel wrapper
-        state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
-    if not any(k.startswith('backbone.') for k in state_dict):
-        return state_dict, {}
-    backbone = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
-    rest = {k: v for k, v in state_dict.items() if not k.startswith('backbone.')}
-    return backbone, rest
-
-
-def _rename_rest(rest):
-    """Maps the non-backbone keys; returns (dict, kind)."""
-    if any(k.startswith(tuple(_MMPRETRAIN_HEAD)) for k in rest):
-        out = {}
-        for key, value in rest.items():
-            for old, new in _MMPRETRAIN_HEAD.items():
-                if key.startswith(old):
-                    key = new + key[len(old):]
-            out[key] = value
-        return out, 'imagenet'
-    out = {}
-    for key, value in rest.items():
-        for old, new in HEAD_RENAMES.items():
-            if key.startswith(old):
-                key = new + key[len(old):]
-        out[key] = value
-    if any(k.startswith(('rpn_head.', 'roi_head.', 'bbox_head.')) for k in out):
-        return out, 'detection'
-    if any(k.startswith(('decode_head.', 'auxiliary_head.')) for k in out):
-        return out, 'segmentation'
-    return out, 'model' if out else 'backbone'
+_DENSE_KIND = {25: 'detection', 16: 'segmentation'}
+assert set(_DENSE_KIND) == set(DENSE_BIAS_RESOLUTIONS)
 
 
 def infer_arch(state_dict):
@@ -121,7 +83,7 @@ def _settings(dense, resolution, kind, arch):
     if dense:
         opts = (f'model.backbone.attn_bias_mode=official '
                 f'model.backbone.attn_bias_resolution={resolution} model.backbone.init_cfg=None')
-        cfg = CONFIGS.get(kind, CONFIGS['detection' if resolution == 25 else 'segmentation'])
+        cfg = DENSE_CONFIGS.get(kind, DENSE_CONFIGS[_DENSE_KIND.get(resolution, 'detection')])
         return dict(attn_bias_mode='official', attn_bias_resolution=resolution,
                     config=cfg.format(arch=name), cfg_options=opts)
     if resolution in (None, 7):
@@ -129,37 +91,11 @@ def _settings(dense, resolution, kind, arch):
                     attn_bias_resolution=None, config=None,
                     cfg_options='model.backbone.init_cfg.checkpoint=<this file>')
     hint = (f"; 'official' if it was converted from an original "
-            f"{DENSE_RESOLUTIONS[resolution]} file") if resolution in DENSE_RESOLUTIONS else ''
+            f"{DENSE_BIAS_RESOLUTIONS[resolution]} file") \
+        if resolution in DENSE_BIAS_RESOLUTIONS else ''
     return dict(attn_bias_mode=f'the mode it was trained with (not stored in the file){hint}',
                 attn_bias_resolution=resolution, config=None,
                 cfg_options=f'model.backbone.attn_bias_resolution={resolution}')
-
-
-def _write_atomic(obj, dst, force):
-    """torch.save to a temp file in DST's folder, fsync, then rename over DST."""
-    folder = os.path.dirname(os.path.abspath(dst))
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(dst)}.', suffix='.tmp',
-                                   dir=folder)
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)  # a file object: the archive name does not depend on DST's name
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        if not force and os.path.exists(dst):
-            raise FileExistsError(f'output {dst!r} appeared while converting; pass --force '
-                                  f'(force=True) to overwrite it')
-        os.replace(tmp, dst)
-    except BaseException as err:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(err, OSError) and not isinstance(err, FileExistsError):
-            raise OSError(f'could not write {dst!r} ({err}); nothing was written and an '
-                          f'existing file there is unchanged') from err
-        raise
 
 
 def _check_paths(dst, force):
@@ -184,56 +120,38 @@ def convert_checkpoint(src, dst, force=False):
     """
     src, dst = os.fspath(src), os.fspath(dst)
     _check_paths(dst, force)
-    raw = load_file(src)
-    # top-level entries besides the weights (optimizer, meta, args, ...) are not written
-    container = next((k for k in ('state_dict', 'model', 'module')
-                      if isinstance(raw, dict) and isinstance(raw.get(k), dict)), None)
-    entries = sorted(str(k) for k in raw if k != container) if container else []
-    state = state_dict_of(raw, src)
-    backbone, rest = _split(state)
-    fmt, mapped, dropped = map_with_report(backbone)
-    if fmt is None:
-        raise CheckpointError(
-            f'{src!r} is not an EfficientFormer checkpoint: none of its {len(backbone)} backbone '
-            f'tensors has the original, timm, mmpretrain or mmef layout (first keys: '
-            f'{list(state)[:4]})')
-    dense = needs_official_bias(backbone)
-    rest, kind = _rename_rest(rest)
-    if kind == 'backbone' and any(k.startswith(CLASSIFIER_PREFIXES) for k in mapped):
-        kind = 'imagenet'
+    ckpt = read_checkpoint(src)
+    if ckpt.format is None:
+        raise CheckpointError(unknown_layout(ckpt))
+    mapped, rest = ckpt.backbone, ckpt.rest
     arch = infer_arch(mapped)
     if arch is None:
-        raise CheckpointError(f'{src!r}: the {fmt} keys lack the stem or downsampling convs, so '
-                              f'the EfficientFormer variant cannot be told; is the file complete?')
+        raise CheckpointError(f'{src!r}: the {ckpt.format} keys lack the stem or downsampling '
+                              f'convs, so the EfficientFormer variant cannot be told; is the '
+                              f'file complete?')
     resolution = bias_resolution(mapped, src)
     expected = _expected_keys(arch, resolution)
-    classifier = [k for k in list(mapped) + list(rest)
-                  if k.startswith(CLASSIFIER_PREFIXES) and k not in expected]
-    left_over = [k for k in mapped if k not in expected and k not in classifier]
-    missing = [k for k in expected if k not in mapped and
-               not (kind == 'imagenet' and re.match(r'norm\d\.', k))]  # fresh in ImageNet files
-    bad_shapes = [f'{k}: {tuple(mapped[k].shape)} in the file, {expected[k]} in mmef'
-                  for k in mapped if k in expected and tuple(mapped[k].shape) != expected[k]]
-    if bad_shapes:
-        raise CheckpointError(f'{src!r}: tensors do not fit an EfficientFormer {arch}: '
-                              f'{bad_shapes[:3]}')
-    if len(missing) > len(expected) // 2:
-        raise CheckpointError(f'{src!r}: only {len(expected) - len(missing)} of the '
-                              f'{len(expected)} EfficientFormer tensors found; is the file '
-                              f'complete? Missing e.g. {missing[:4]}')
+    found = match_keys(ckpt, expected, f'EfficientFormer {arch}')
+    classifier = found['classifier'] + sorted(k for k in rest if k.startswith(('head.',
+                                                                                'dist_head.')))
+    # ImageNet files have no output norms: those start fresh, they are not missing
+    missing = [k for k in found['missing']
+               if not (ckpt.kind == 'imagenet' and OUTPUT_NORM.match(k))]
 
-    prefix = '' if kind in ('imagenet', 'backbone') else 'backbone.'
+    prefix = '' if ckpt.kind in ('imagenet', 'backbone') else 'backbone.'
     out = {prefix + k: v.detach().clone().contiguous() for k, v in mapped.items()}
     out.update({k: v.detach().clone().contiguous() for k, v in rest.items()})
-    _write_atomic(out, dst, force)
+    if ckpt.dataset_meta is not None:  # class names for the inference APIs and visualisers
+        out = {'state_dict': out, 'meta': {'dataset_meta': ckpt.dataset_meta}}
+    atomic_write(lambda f: torch.save(out, f), dst, overwrite=force)
     with open(dst, 'rb') as f:
         sha256 = hashlib.sha256(f.read()).hexdigest()
-    renamed = sum(1 for k in mapped if k not in backbone)
-    return dict(src=src, dst=dst, format=fmt, kind=kind, arch=arch, tensors=len(out),
-                mapped=len(mapped), renamed=renamed, kept=len(rest), dropped=dropped,
-                dropped_entries=entries, left_over=left_over, missing=missing,
-                classifier=classifier, attn_bias_resolution=resolution,
-                needs=_settings(dense, resolution, kind, arch), sha256=sha256)
+    return dict(src=src, dst=dst, format=ckpt.format, kind=ckpt.kind, arch=arch,
+                tensors=len(mapped) + len(rest), mapped=len(mapped), renamed=ckpt.renamed,
+                kept=len(rest), dropped=ckpt.dropped, dropped_entries=ckpt.entries,
+                left_over=found['unexpected'], missing=missing, classifier=classifier,
+                attn_bias_resolution=resolution, dataset_meta=ckpt.dataset_meta,
+                needs=_settings(ckpt.dense, resolution, ckpt.kind, arch), sha256=sha256)
 
 
 def format_summary(summary):
@@ -269,8 +187,13 @@ def format_summary(summary):
         mode = repr(mode) if mode in ('official', 'relative') else f'<{mode}>'
         lines.append(f"  backbone setting: attn_bias_mode={mode}, "
                      f"attn_bias_resolution={needs['attn_bias_resolution']}")
+    if s['dataset_meta']:
+        classes = list(s['dataset_meta'].get('classes', ()))
+        lines.append(f"  kept dataset_meta ({len(classes)} classes: {classes[:4]}"
+                     f"{' ...' if len(classes) > 4 else ''})")
     if needs['config']:
-        lines.append(f"  use: python tools/test.py {needs['config']} {s['dst']} "
-                     f"--cfg-options {needs['cfg_options']}")
+        lines.append(f"  use with the mmef config {needs['config']} (in the repository's "
+                     f"configs/): python tools/test.py CONFIG {s['dst']} --cfg-options "
+                     f"{needs['cfg_options']}")
     lines.append(f"  sha256 {s['sha256']}")
     return '\n'.join(lines)

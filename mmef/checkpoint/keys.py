@@ -30,7 +30,6 @@ import re
 
 # keys of the original classifier, dropped when a backbone is initialised from ImageNet weights
 CLASSIFIER_PREFIXES = ('head.', 'dist_head.', 'norm.')
-FORMATS = ('original', 'timm', 'mmpretrain', 'mmef')
 
 _BN = r'(weight|bias|running_mean|running_var|num_batches_tracked)'
 # keys that only one format has; counted to tell the formats apart
@@ -73,10 +72,6 @@ def detect_format(state_dict):
               for fmt, patterns in _MARKERS.items()}
     best = max(counts, key=counts.get)
     return best if counts[best] else None
-
-
-def is_original(state_dict):
-    return detect_format(state_dict) == 'original'
 
 
 def _num_4d(state_dict, pattern):

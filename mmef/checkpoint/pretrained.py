@@ -1,95 +1,97 @@
-"""Initialising an EfficientFormer backbone from a checkpoint file (``init_cfg`` Pretrained)."""
+"""Initialising an EfficientFormer backbone from a checkpoint file (``init_cfg`` Pretrained).
+
+The backbones look up :class:`PretrainedEfficientFormer` in :data:`mmef.registry.WEIGHT_INITIALIZERS`
+for their ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=..., map_location=...)``.
+"""
 import math
 
 from mmengine.logging import print_log
 
-from ..models.attention import resize_table
-from .io import CheckpointError, load_file, state_dict_of
-from .keys import CLASSIFIER_PREFIXES, needs_official_bias, to_mmef
+from ..models.attention import DENSE_BIAS_RESOLUTIONS, resize_table
+from ..registry import WEIGHT_INITIALIZERS
+from .io import CheckpointError
+from .reader import match_keys, read_checkpoint
 
-# fewer loaded tensors than this share of the backbone's means the file is not for this model
-MIN_LOADED_FRACTION = 0.5
-
-
-def _strip_prefix(state_dict, prefix):
-    if prefix:
-        prefix = prefix.rstrip('.') + '.'
-        return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    if any(k.startswith('backbone.') for k in state_dict):
-        return {k[len('backbone.'):]: v for k, v in state_dict.items()
-                if k.startswith('backbone.')}
-    return state_dict
+IMAGENET_BIAS_RESOLUTION = 7
 
 
-def _fit_bias_table(key, table, model, target, path):
-    """Copies a bias table into the model, resizing a 7x7 ImageNet table as a grid."""
-    res = math.isqrt(table.shape[-1])
-    model_res = model.attn_bias_resolution
-    if table.dim() == 2 and table.shape[0] == target.shape[0] and res * res == table.shape[-1] \
-            and res == 7:
-        return resize_table(table, res, (model_res, model_res)).to(target.dtype)
-    raise CheckpointError(
-        f'{path!r}: {key} is a {res}x{res} attention-bias table ({tuple(table.shape)}), the '
-        f'model expects {model_res}x{model_res} ({tuple(target.shape)}). Tables other than the '
-        f'ImageNet 7x7 one come from dense models (the original COCO weights use 25, ADE20K 16, '
-        f"with the pair-matrix bias): build the backbone with attn_bias_mode='official', "
-        f'attn_bias_resolution={res}')
+def _bias_table_fitter(model, path):
+    """``fit`` for :func:`match_keys`: resizes a 7x7 ImageNet table as a grid to the model's."""
+    def fit(key, table, shape):
+        if not key.endswith('attn.bias_table'):
+            return None
+        res = math.isqrt(table.shape[-1])
+        model_res = model.attn_bias_resolution
+        if table.dim() == 2 and table.shape[0] == shape[0] and res == IMAGENET_BIAS_RESOLUTION \
+                and res * res == table.shape[-1]:
+            return resize_table(table, res, (model_res, model_res)).reshape(shape)
+        dense = ', '.join(f'{r} for {name}' for r, name in DENSE_BIAS_RESOLUTIONS.items())
+        raise CheckpointError(
+            f'{path!r}: {key} is a {res}x{res} attention-bias table ({tuple(table.shape)}), the '
+            f'model expects {model_res}x{model_res} ({shape}). Tables other than the ImageNet '
+            f'7x7 one come from dense models (the original weights use {dense}, with the '
+            f"pair-matrix bias): build the backbone with attn_bias_mode='official', "
+            f'attn_bias_resolution={res}')
+    return fit
 
 
-def load_pretrained(model, path, prefix=None):
+def _describe(model):
+    """'EfficientFormer l1' (or the arch dict of a custom variant), for messages."""
+    names = [k for k, v in type(model).arch_settings.items() if v == model.arch]
+    return f'{type(model).__name__} {names[0] if names else model.arch}'
+
+
+def load_pretrained(model, path, prefix=None, map_location='cpu'):
     """Loads original / timm / mmpretrain / mmef weights into ``model`` and logs a summary.
 
-    Keys are mapped to mmef names; a 7x7 attention-bias table is resized as a grid when the model
-    uses another resolution; the original classifier (head, dist_head, norm) is left out as
-    expected. Raises :class:`CheckpointError` when a tensor does not fit (naming the key and both
-    shapes), when the file needs another attention-bias setting, or when almost nothing loads.
+    Keys are mapped to mmef names (:func:`read_checkpoint`); a 7x7 attention-bias table is
+    resized as a grid when the model uses another resolution; the original classifier (head,
+    dist_head, norm) is left out as expected. Raises :class:`CheckpointError` when a tensor does
+    not fit (naming the key and both shapes), when the file needs another attention-bias
+    setting, or when almost nothing matches.
 
     Returns:
         dict: ``loaded``, ``missing``, ``unexpected`` and ``classifier`` key lists.
     """
-    path = str(path)
-    raw = state_dict_of(load_file(path), path)
-    source = _strip_prefix(raw, prefix)
-    if needs_official_bias(source) and model.attn_bias_mode != 'official':
+    ckpt = read_checkpoint(path, prefix=prefix, map_location=map_location)
+    if ckpt.dense and model.attn_bias_mode != 'official':
+        options = ' or '.join(f'{r} ({name})' for r, name in DENSE_BIAS_RESOLUTIONS.items())
         raise CheckpointError(
-            f"{path!r} is an original dense (COCO / ADE20K) checkpoint trained with the "
-            f"pair-matrix attention bias; build the backbone with attn_bias_mode='official' and "
-            f'attn_bias_resolution=25 (Mask R-CNN) or 16 (Semantic FPN), or convert it with '
-            f'tools/convert_checkpoint.py, which prints the setting it needs')
-    state = to_mmef(source)
+            f"{ckpt.path!r} is an original dense checkpoint trained with the pair-matrix "
+            f"attention bias; build the backbone with attn_bias_mode='official' and "
+            f'attn_bias_resolution={options}, or convert it with tools/convert_checkpoint.py, '
+            f'which prints the setting it needs')
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = match_keys(ckpt, expected, _describe(model),
+                       fit=_bias_table_fitter(model, ckpt.path))
     own = model.state_dict()
-    classifier = sorted(k for k in state if k.startswith(CLASSIFIER_PREFIXES) and k not in own)
-    to_load, unexpected = {}, []
-    for key, value in state.items():
-        if key in classifier:
-            continue
-        if key not in own:
-            unexpected.append(key)
-            continue
-        if value.shape != own[key].shape:
-            if key.endswith('attn.bias_table'):
-                value = _fit_bias_table(key, value, model, own[key], path)
-            else:
-                raise CheckpointError(
-                    f'{path!r} does not fit this EfficientFormer ({model.arch}): {key} has shape '
-                    f'{tuple(value.shape)} in the file and {tuple(own[key].shape)} in the model; '
-                    f'the checkpoint is probably for another variant')
-        to_load[key] = value
-    # the output GroupNorms are not part of ImageNet weights and start fresh, as in the original
-    required = [k for k in own if not k.startswith('norm')]
-    if len([k for k in to_load if not k.startswith('norm')]) < MIN_LOADED_FRACTION * len(required):
-        raise CheckpointError(
-            f'{path!r}: only {len(to_load)} of the {len(required)} backbone tensors matched; is '
-            f'this an EfficientFormer checkpoint? First keys in the file: {list(raw)[:5]}')
-    result = model.load_state_dict(to_load, strict=False)
-    missing = sorted(result.missing_keys)
-    assert not result.unexpected_keys, result.unexpected_keys  # to_load only holds model keys
-    summary = dict(loaded=sorted(to_load), missing=missing, unexpected=sorted(unexpected),
-                   classifier=classifier)
+    matched = {k: v.to(own[k].dtype) for k, v in found['matched'].items()}
+    result = model.load_state_dict(matched, strict=False)
+    # matched only holds the model's own names, so nothing can be unexpected; the missing keys
+    # are the ones match_keys listed, reported below
+    if result.unexpected_keys or sorted(result.missing_keys) != found['missing']:
+        raise RuntimeError(f'internal error loading {ckpt.path!r}: {result}')
+    missing, unexpected, classifier = found['missing'], found['unexpected'], found['classifier']
     print_log(
-        f'EfficientFormer: loaded {len(to_load)} tensors from {path}; '
+        f'EfficientFormer: loaded {len(matched)} tensors from {ckpt.path}; '
         f'missing {len(missing)}: {missing[:8]}{" ..." if len(missing) > 8 else ""}; '
         f'unexpected {len(unexpected)}: {unexpected[:8]}; '
         f'classifier left out as expected: {len(classifier)} '
         f'({sorted({k.split(".")[0] for k in classifier})})', logger='current')
-    return summary
+    return dict(loaded=sorted(matched), missing=missing, unexpected=unexpected,
+                classifier=classifier)
+
+
+@WEIGHT_INITIALIZERS.register_module()
+class PretrainedEfficientFormer:
+    """``init_cfg=dict(type='Pretrained', checkpoint=PATH, prefix=None, map_location='cpu')`` of
+    mmef backbones: :func:`load_pretrained` with those arguments."""
+
+    def __init__(self, checkpoint, prefix=None, map_location='cpu'):
+        self.checkpoint = checkpoint
+        self.prefix = prefix
+        self.map_location = map_location
+
+    def __call__(self, module):
+        return load_pretrained(module, self.checkpoint, prefix=self.prefix,
+                               map_location=self.map_location)

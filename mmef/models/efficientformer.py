@@ -5,18 +5,12 @@ The network is dimension-consistent: the stem, the downsampling convs and the MB
 maps; the last stage flattens once into (B, N, C) tokens for its MB3D attention blocks, and those tokens
 become a spatial map again only where the stage is an output.
 """
-import copy
-
 import torch.nn as nn
-from mmengine.model import BaseModule
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from ..registry import MODELS
-from .attention import BIAS_MODES
+from .base import EfficientFormerBase
 from .layers import MB3D, MB4D, ConvNorm, Stem
-
-ARCH_KEYS = ('widths', 'depths', 'num_attn_blocks')
 
 
 class EfficientFormerStage(nn.Module):
@@ -56,7 +50,7 @@ class EfficientFormerStage(nn.Module):
 
 
 @MODELS.register_module()
-class EfficientFormer(BaseModule):
+class EfficientFormer(EfficientFormerBase):
     """EfficientFormer backbone giving multi-scale NCHW maps for FPN-style necks.
 
     Args:
@@ -99,7 +93,7 @@ class EfficientFormer(BaseModule):
         'l3': dict(widths=(64, 128, 320, 512), depths=(4, 4, 12, 6), num_attn_blocks=4),
         'l7': dict(widths=(96, 192, 384, 768), depths=(6, 6, 18, 8), num_attn_blocks=8),
     }
-    num_stages = 4
+    arch_keys = ('widths', 'depths', 'num_attn_blocks')
 
     def __init__(self,
                  arch='l1',
@@ -113,99 +107,32 @@ class EfficientFormer(BaseModule):
                  attn_bias_resolution=7,
                  with_cp=False,
                  init_cfg=None):
-        super().__init__(init_cfg=copy.deepcopy(init_cfg))
-        self.arch = self.parse_arch(arch)
-        self.out_indices = self.parse_out_indices(out_indices)
-        if not (isinstance(frozen_stages, int) and -1 <= frozen_stages <= self.num_stages):
-            raise ValueError(f'frozen_stages must be an int in [-1, {self.num_stages}] (-1: none, '
-                             f'0: stem, k: stem and stages 0..k-1), got {frozen_stages!r}')
-        if not 0 <= drop_path_rate < 1:
-            raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
-        if attn_bias_mode not in BIAS_MODES:
-            raise ValueError(f'attn_bias_mode must be one of {BIAS_MODES}, got {attn_bias_mode!r}')
-        if not (isinstance(attn_bias_resolution, int) and attn_bias_resolution >= 1):
-            raise ValueError(f'attn_bias_resolution must be a positive int (7 for ImageNet '
-                             f'weights), got {attn_bias_resolution!r}')
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f'in_channels must be a positive int, got {in_channels!r}')
-        self.in_channels = in_channels
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.attn_bias_mode = attn_bias_mode
-        self.attn_bias_resolution = attn_bias_resolution
-        self.deployed = False  # set by switch_to_deploy()
-
+        super().__init__(arch, in_channels, out_indices, frozen_stages, norm_eval, drop_path_rate,
+                         attn_bias_mode, attn_bias_resolution, init_cfg)
         widths, depths = self.arch['widths'], self.arch['depths']
-        self.widths = tuple(widths)
         self.stem = Stem(in_channels, widths[0])
-        total = sum(depths)
-        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        dpr = self.drop_path_rates(depths, drop_path_rate)
         self.stages = nn.ModuleList()
         for i in range(self.num_stages):
-            start = sum(depths[:i])
             self.stages.append(
                 EfficientFormerStage(
                     widths[max(i - 1, 0)], widths[i], depths[i],
                     self.arch['num_attn_blocks'] if i == self.num_stages - 1 else 0,
-                    dpr[start:start + depths[i]], layer_scale_init_value, attn_bias_mode,
+                    dpr[i], layer_scale_init_value, attn_bias_mode,
                     attn_bias_resolution, downsample=i > 0, with_cp=with_cp))
         for i in self.out_indices:
             self.add_module(f'norm{i}', nn.GroupNorm(1, widths[i]))
         self._freeze_stages()
 
     @classmethod
-    def parse_arch(cls, arch):
-        """Returns a validated copy of the arch dict; raises ValueError naming the valid choices."""
-        if isinstance(arch, str):
-            if arch.lower() not in cls.arch_settings:
-                raise ValueError(f'Unknown EfficientFormer arch {arch!r}; valid choices: '
-                                 f'{sorted(cls.arch_settings)} or a dict with keys {ARCH_KEYS}')
-            return copy.deepcopy(cls.arch_settings[arch.lower()])
-        if not isinstance(arch, dict):
-            raise ValueError(f'arch must be one of {sorted(cls.arch_settings)} or a dict with keys '
-                             f'{ARCH_KEYS}, got {type(arch).__name__}')
-        missing = [k for k in ARCH_KEYS if k not in arch]
-        unknown = sorted(set(arch) - set(ARCH_KEYS))
-        if missing or unknown:
-            raise ValueError(f'arch dict must have exactly the keys {ARCH_KEYS}; missing keys: '
-                             f'{missing}, unknown keys: {unknown}')
-        arch = {k: arch[k] for k in ARCH_KEYS}
-        for key in ('widths', 'depths'):
-            value = arch[key]
-            if (not isinstance(value, (list, tuple)) or len(value) != cls.num_stages
-                    or not all(isinstance(v, int) and v > 0 for v in value)):
-                raise ValueError(f'arch[{key!r}] must be {cls.num_stages} positive ints, '
-                                 f'got {value!r}')
-            arch[key] = tuple(value)
-        if arch['widths'][0] % 2:
-            raise ValueError(f'arch["widths"][0] must be even (the stem halves it), '
-                             f'got {arch["widths"][0]}')
+    def check_arch(cls, arch):
         n = arch['num_attn_blocks']
         if not (isinstance(n, int) and 0 <= n <= arch['depths'][-1]):
             raise ValueError(f'arch["num_attn_blocks"] must be an int in [0, depths[-1]='
                              f'{arch["depths"][-1]}], got {n!r}')
-        return arch
-
-    @classmethod
-    def parse_out_indices(cls, out_indices):
-        """Normalised, sorted tuple of stage indices; the caller's value is not modified."""
-        indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
-        if not indices:
-            raise ValueError('out_indices must name at least one stage in 0..3')
-        normalised = []
-        for i in indices:
-            if not isinstance(i, int) or not -cls.num_stages <= i < cls.num_stages:
-                raise ValueError(f'out_indices entries must be ints in [-{cls.num_stages}, '
-                                 f'{cls.num_stages - 1}] (stage indices), got {out_indices!r}')
-            normalised.append(i % cls.num_stages)
-        if len(set(normalised)) != len(normalised):
-            raise ValueError(f'out_indices has duplicate stages: {out_indices!r}')
-        return tuple(sorted(normalised))
 
     def forward(self, x):
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f'EfficientFormer expects a (B, {self.in_channels}, H, W) tensor, '
-                             f'got shape {tuple(x.shape)}')
+        self.check_input(x)
         x = self.stem(x)
         outs = []
         for i, stage in enumerate(self.stages):
@@ -215,57 +142,3 @@ class EfficientFormer(BaseModule):
                 feat = x if hw is None else x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *hw)
                 outs.append(getattr(self, f'norm{i}')(feat))
         return tuple(outs)
-
-    def _freeze_stages(self):
-        if self.frozen_stages < 0:
-            return
-        frozen = [self.stem] + [self.stages[i] for i in range(self.frozen_stages)]
-        frozen += [getattr(self, f'norm{i}') for i in range(self.frozen_stages)
-                   if i in self.out_indices]
-        for module in frozen:
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-
-    def switch_to_deploy(self, input_size=None):
-        """Folds BN / layer scales into weights for inference, in place; see :mod:`mmef.deploy`."""
-        from ..deploy import switch_to_deploy
-        return switch_to_deploy(self, input_size)
-
-    def train(self, mode=True):
-        if mode and self.deployed:
-            raise RuntimeError('This EfficientFormer was switched to deploy mode (BN and layer '
-                               'scales folded into weights) and cannot be trained; build a new '
-                               'model (or load an undeployed checkpoint) to train.')
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
-
-    def init_weights(self):
-        """Truncated-normal init of linear and 1x1 conv layers, then ``init_cfg`` if given.
-
-        A ``Pretrained`` init_cfg goes through mmef's own loader, which reads the original,
-        timm, mmpretrain and mmef formats safely (weights_only) and maps their keys.
-        """
-        for m in self.modules():
-            if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)):
-                nn.init.trunc_normal_(m.weight, std=.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        cfg = self.init_cfg
-        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            from ..checkpoint import load_pretrained
-            unknown = sorted(set(cfg) - {'type', 'checkpoint', 'prefix', 'map_location'})
-            if unknown or 'checkpoint' not in cfg:
-                raise ValueError(f'Pretrained init_cfg takes checkpoint=PATH and optionally '
-                                 f'prefix=...; got {cfg}')
-            load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
-            self._is_init = True
-        elif cfg is not None:
-            super().init_weights()
-        else:
-            self._is_init = True

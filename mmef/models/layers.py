@@ -20,10 +20,6 @@ class ConvNorm(nn.Module):
 class Stem(nn.Module):
     """Two stride-2 conv3x3-BN-ReLU units: (B, 3, H, W) -> (B, C, H/4, W/4)."""
 
-    # Set by mmef.deploy: the 4D part then runs channels_last, where oneDNN's 1x1 convs and the
-    # average pool are about twice as fast on CPU as on NCHW (measured in docs/benchmark.md).
-    channels_last = False
-
     def __init__(self, in_channels, out_channels):
         super().__init__()
         self.conv1 = ConvNorm(in_channels, out_channels // 2, 3, 2, 1)
@@ -31,8 +27,6 @@ class Stem(nn.Module):
         self.act = nn.ReLU()
 
     def forward(self, x):
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         return self.act(self.conv2(self.act(self.conv1(x))))
 
 
@@ -80,13 +74,6 @@ class ConvMlp(nn.Module):
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))
 
-    def forward_inplace(self, x):
-        """Same values without autograd, GELU in place (saves a 4C-channel buffer)."""
-        h = self.fc1(x)
-        if isinstance(self.act, nn.GELU) and self.act.approximate == 'none':
-            return self.fc2(torch.ops.aten.gelu_(h))
-        return self.fc2(self.act(h))
-
 
 class Mlp(nn.Module):
     """Linear MLP on (B, N, C) tokens."""
@@ -104,8 +91,6 @@ class Mlp(nn.Module):
 class MB4D(nn.Module):
     """4D block on NCHW maps: pooling token mixer and a conv MLP, each with a layer scale."""
 
-    deployed = False  # set by mmef.deploy once ls2 is folded into mlp.fc2
-
     def __init__(self, channels, mlp_ratio=4, drop_path=0., layer_scale_init_value=1e-5):
         super().__init__()
         self.pool = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
@@ -115,20 +100,8 @@ class MB4D(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x):
-        if self.deployed:
-            return self._forward_deployed(x)
         x = x + self.drop_path(self.ls1(self.pool(x) - x))
         return x + self.drop_path(self.ls2(self.mlp(x)))
-
-    def _forward_deployed(self, x):
-        # x + ls1 * (pool(x) - x) is one lerp; without autograd, in-place ops reuse buffers
-        # (fresh large buffers cost page faults on CPU). ls2 lives in mlp.fc2 (mmef.deploy).
-        gamma = self.ls1.gamma.view(1, -1, 1, 1)
-        if torch.is_grad_enabled():
-            x = torch.lerp(x, self.pool(x), gamma)
-            return x + self.mlp(x)
-        x = self.pool(x).lerp_(x, 1 - gamma)
-        return self.mlp.forward_inplace(x).add_(x)
 
 
 class MB3D(nn.Module):
