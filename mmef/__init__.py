@@ -6,7 +6,7 @@ checkpoints with ``weights_only=True`` (see :mod:`mmef.checkpoint`).
 """
 from . import checkpoint  # noqa: F401  (registers the safe-loading allowlist)
 from . import fileio  # noqa: F401  (registers the 'mmef_atomic' checkpoint file backend)
-from .models import EfficientFormer
+from .models import EfficientFormer, EfficientFormerV2
 from .version import __version__
 
-__all__ = ['EfficientFormer', '__version__']
+__all__ = ['EfficientFormer', 'EfficientFormerV2', '__version__']

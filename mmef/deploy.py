@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from mmcv.cnn import fuse_conv_bn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .models.efficientformer import EfficientFormer
+from .models.base import EfficientFormerBase
+from .models.efficientformer_v2 import FFN, AttnFFN
 from .models.layers import MB3D, MB4D, ConvNorm, DropPath, LayerScale
 
 
@@ -42,9 +43,9 @@ class _InferenceOnly(nn.Module):
 
     def train(self, mode=True):
         if mode:
-            raise RuntimeError(f'{type(self).__name__} is a deploy-mode module (BN and layer '
-                               f'scales folded into weights) and cannot be trained; build a new '
-                               f'model (or load an undeployed checkpoint) to train.')
+            raise RuntimeError(f'This model was switched to deploy mode ({type(self).__name__}: BN '
+                               f'and layer scales folded into weights) and cannot be trained; '
+                               f'build a new model (or load an undeployed checkpoint) to train.')
         return super().train(False)
 
 
@@ -115,9 +116,8 @@ class DeployedMB4D(_InferenceOnly):
     def __init__(self, block, fused_mixer=True):
         super().__init__()
         self.pool = block.pool
-        self.fc1 = fold_conv_norm(block.mlp.fc1)
-        self.act = block.mlp.act
-        self.fc2 = fold_conv_norm(block.mlp.fc2)
+        self.fc1, self.act, self.fc2 = block.mlp.fc1, block.mlp.act, block.mlp.fc2  # folded
+
         ls1, ls2 = _layer_scale(block.ls1), _layer_scale(block.ls2)
         if ls2 is not None:
             fold_output_scale(self.fc2, ls2)
@@ -136,9 +136,37 @@ class DeployedMB4D(_InferenceOnly):
             return x + self.fc2(self.act(self.fc1(x)))
         # without autograd, in-place ops reuse buffers (fresh large buffers cost page faults)
         x = self.pool(x).lerp_(x, 1 - gamma)
-        h = self.fc1(x)
-        h = torch.ops.aten.gelu_(h) if type(self.act) is nn.GELU and \
-            self.act.approximate == 'none' else self.act(h)
+        return self.fc2(_act_inplace(self.act, self.fc1(x))).add_(x)
+
+
+def _act_inplace(act, x):
+    """``act(x)``, in place for exact GELU (x is a fresh buffer nobody else reads)."""
+    if type(act) is nn.GELU and act.approximate == 'none':
+        return torch.ops.aten.gelu_(x)
+    return act(x)
+
+
+class DeployedV2Block(_InferenceOnly):
+    """EfficientFormerV2 FFN / AttnFFN block with BN and layer scales folded into the convs:
+    ``x + attn(x)`` (AttnFFN), then ``x + fc2(gelu(mid(gelu(fc1(x)))))``."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.attn = getattr(block, 'attn', None)
+        if self.attn is not None:
+            fold_output_scale(self.attn.proj, _layer_scale(block.ls1))
+        mlp = block.mlp
+        self.fc1, self.mid, self.fc2, self.act = mlp.fc1, mlp.mid, mlp.fc2, mlp.act  # folded
+        fold_output_scale(self.fc2, _layer_scale(block.ls2))
+
+    def forward(self, x):
+        if torch.is_grad_enabled():
+            if self.attn is not None:
+                x = x + self.attn(x)
+            return x + self.fc2(self.act(self.mid(self.act(self.fc1(x)))))
+        if self.attn is not None:
+            x = self.attn(x).add_(x)
+        h = _act_inplace(self.act, self.mid(_act_inplace(self.act, self.fc1(x))))
         return self.fc2(h).add_(x)
 
 
@@ -233,7 +261,8 @@ class DeployedGroupNorm(_InferenceOnly):
         return x
 
 
-_DEPLOY_MODULES = (DeployedMB4D, DeployedMB3D, DeployedAttention, DeployedGroupNorm)
+_DEPLOY_MODULES = (DeployedMB4D, DeployedMB3D, DeployedAttention, DeployedGroupNorm,
+                   DeployedV2Block)
 
 
 def is_deployed(backbone):
@@ -242,28 +271,29 @@ def is_deployed(backbone):
 
 
 def switch_to_deploy(backbone, input_size=None, channels_last=True, fused_mixer=True):
-    """Rewrites an EfficientFormer in place for inference (see the module docstring).
+    """Rewrites an EfficientFormer (V1 or V2) in place for inference (see the module docstring).
 
     Args:
-        backbone (EfficientFormer): The model; it is put in eval mode. Calling this again on a
-            deployed model only (re)fills the bias cache.
+        backbone (EfficientFormer | EfficientFormerV2): The model; it is put in eval mode.
+            Calling this again on a deployed model only (re)fills the bias cache.
         input_size (tuple[int, int], optional): (H, W) of the inputs to come: their attention
             bias is computed now instead of on the first forward.
         channels_last (bool): run the 4D part in channels_last. Defaults to True.
-        fused_mixer (bool): lerp / in-place MB4D forward (:class:`DeployedMB4D`). Defaults to True.
+        fused_mixer (bool): lerp / in-place MB4D forward (:class:`DeployedMB4D`; V1 only).
+            Defaults to True.
 
     Returns:
-        EfficientFormer: ``backbone`` itself.
+        ``backbone`` itself.
     """
-    if not isinstance(backbone, EfficientFormer):
-        raise TypeError(f'switch_to_deploy expects an EfficientFormer, got '
+    if not isinstance(backbone, EfficientFormerBase):
+        raise TypeError(f'switch_to_deploy expects an EfficientFormer or EfficientFormerV2, got '
                         f'{type(backbone).__name__}; use switch_to_deploy_model for a whole '
                         'detector / segmentor')
     backbone.eval()
     if not is_deployed(backbone):
         _rewrite(backbone, channels_last, fused_mixer)
-        leftovers = [type(m).__name__ for m in backbone.modules()
-                     if isinstance(m, (_BatchNorm, DropPath, LayerScale, ConvNorm, MB4D, MB3D))]
+        training = (_BatchNorm, DropPath, LayerScale, ConvNorm, MB4D, MB3D, FFN, AttnFFN)
+        leftovers = [type(m).__name__ for m in backbone.modules() if isinstance(m, training)]
         if leftovers:
             raise RuntimeError(f'switch_to_deploy left training modules behind: {leftovers}')
     if input_size is not None:
@@ -271,34 +301,45 @@ def switch_to_deploy(backbone, input_size=None, channels_last=True, fused_mixer=
     return backbone
 
 
+def _fold_conv_norms(module):
+    """Replaces every :class:`ConvNorm` below ``module`` by its folded conv."""
+    for name, child in module.named_children():
+        if isinstance(child, ConvNorm):
+            setattr(module, name, fold_conv_norm(child))
+        else:
+            _fold_conv_norms(child)
+
+
 def _rewrite(backbone, channels_last, fused_mixer):
+    _fold_conv_norms(backbone)
     stem = backbone.stem
     backbone.stem = nn.Sequential(*([ChannelsLast()] if channels_last else []),
-                                  fold_conv_norm(stem.conv1), stem.act,
-                                  fold_conv_norm(stem.conv2), stem.act)
+                                  stem.conv1, stem.act, stem.conv2, stem.act)
     for stage in backbone.stages:
         stage.with_cp = False
-        if isinstance(stage.downsample, ConvNorm):
-            stage.downsample = fold_conv_norm(stage.downsample)
         for i, block in enumerate(stage.blocks):
-            stage.blocks[i] = DeployedMB4D(block, fused_mixer=fused_mixer)
-        for i, block in enumerate(stage.attn_blocks):
+            if isinstance(block, MB4D):
+                stage.blocks[i] = DeployedMB4D(block, fused_mixer=fused_mixer)
+            elif isinstance(block, (FFN, AttnFFN)):
+                stage.blocks[i] = DeployedV2Block(block)
+        for i, block in enumerate(getattr(stage, 'attn_blocks', ())):
             stage.attn_blocks[i] = DeployedMB3D(block)
     for i in backbone.out_indices:
         name = f'norm{i}'
-        setattr(backbone, name, DeployedGroupNorm(getattr(backbone, name)))
+        if hasattr(backbone, name):
+            setattr(backbone, name, DeployedGroupNorm(getattr(backbone, name)))
     if channels_last:
         backbone.to(memory_format=torch.channels_last)
     backbone.eval()
 
 
 def precompute_attn_bias(backbone, input_size):
-    """Fills every attention's bias cache for inputs of size (H, W) (eval mode)."""
+    """Fills every attention's bias cache for inputs of size (H, W) (eval mode), by running one
+    forward of that size on an empty batch."""
     h, w = (int(v) for v in input_size)
-    for _ in range(5):  # stem (2) and three downsampling convs: k3 s2 p1, ceil(x / 2) each
-        h, w = (h + 1) // 2, (w + 1) // 2
-    for block in backbone.stages[-1].attn_blocks:
-        block.attn.attn_bias((h, w))
+    param = next(backbone.parameters())
+    with torch.no_grad():
+        backbone(param.new_zeros((0, backbone.in_channels, h, w)))
 
 
 def switch_to_deploy_model(model, fuse_others=False):
@@ -315,7 +356,7 @@ def switch_to_deploy_model(model, fuse_others=False):
     Raises:
         ValueError: if ``model`` contains no EfficientFormer.
     """
-    backbones = [m for m in model.modules() if isinstance(m, EfficientFormer)]
+    backbones = [m for m in model.modules() if isinstance(m, EfficientFormerBase)]
     if not backbones:
         raise ValueError(f'{type(model).__name__} contains no EfficientFormer to deploy')
     for backbone in backbones:

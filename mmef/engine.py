@@ -153,19 +153,26 @@ def check_feature_channels(cfg):
 
 def check_dataset(runner, split):
     """Builds the runner's ``split`` ('train' / 'val' / 'test') dataloader now and refuses an
-    empty dataset with its data root (empty folders otherwise fail deep inside mmengine)."""
-    if runner.cfg.get(f'{split}_dataloader') is None or runner.cfg.get(f'{split}_cfg') is None:
+    empty dataset naming its paths (empty folders otherwise fail deep inside mmengine, whose
+    datasets cannot serialise an empty sample list: 'need at least one array to concatenate')."""
+    loader_cfg = runner.cfg.get(f'{split}_dataloader')
+    if loader_cfg is None or runner.cfg.get(f'{split}_cfg') is None:
         return
-    loader = getattr(runner, f'{split}_dataloader')  # builds the loop and its dataloader
-    dataset = loader.dataset
-    if len(dataset) == 0:
-        root = getattr(dataset, 'data_root', None)
-        prefix = getattr(dataset, 'data_prefix', None)
-        ann = getattr(dataset, 'ann_file', None)
-        raise ValueError(f'the {split} dataset ({type(dataset).__name__}) is empty: no samples '
-                         f'under data_root={root!r}, data_prefix={prefix}, ann_file={ann!r}; '
-                         f'check those paths in {split}_dataloader.dataset (and that images and '
-                         f'annotations are there)')
+    try:
+        empty = len(getattr(runner, f'{split}_dataloader').dataset) == 0  # builds the loop
+    except ValueError as err:
+        if 'need at least one array to concatenate' not in str(err):
+            raise
+        empty = True
+    if empty:
+        ds = loader_cfg['dataset']
+        while 'data_root' not in ds and isinstance(ds.get('dataset'), dict):  # wrappers
+            ds = ds['dataset']
+        raise ValueError(
+            f'the {split} dataset ({ds.get("type")}) is empty: no samples under '
+            f'data_root={ds.get("data_root")!r}, data_prefix={ds.get("data_prefix")}, '
+            f'ann_file={ds.get("ann_file")!r}; check those paths in {split}_dataloader.dataset '
+            f'(and that images and annotations are there)') from None
 
 
 def enable_amp(cfg):
@@ -260,5 +267,6 @@ def draw_prediction(inferencer, scope, image, out_file, score_thr=0.3, opacity=0
     # pin it to this inferencer's codebase
     with DefaultScope.overwrite_default_scope(scope):
         result = inferencer(image, return_vis=True, **kwargs)
-    mmcv.imwrite(mmcv.rgb2bgr(result['visualization'][0]), out_file)
+    drawn = result['visualization']  # mmdet: a list per image; mmseg: the image for one input
+    mmcv.imwrite(mmcv.rgb2bgr(drawn[0] if isinstance(drawn, list) else drawn), out_file)
     return out_file

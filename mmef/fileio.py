@@ -61,7 +61,7 @@ def atomic_write(data, filepath, overwrite=True):
         hint = ('free disk space or point --work-dir to a disk with room'
                 if err.errno in (errno.ENOSPC, errno.EDQUOT) else
                 'check that the directory is writable and has free space')
-        raise OSError(err.errno, f'could not write {filepath!r} ({err.strerror or err}); the '
+        raise OSError(err.errno, f'could not write {filepath!r} ({err}); the '
                       f'previous file there, if any, is unchanged; {hint}') from err
     return filepath
 

@@ -19,7 +19,7 @@ STAMP="$VENV/.mmef-setup"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 # Everything that decides what gets installed; a change re-runs the install steps.
-want=$( { echo "$TORCH_SPEC"; cat requirements/*.txt setup.py scripts/setup.sh; } | sha256sum | cut -d' ' -f1)
+want=$( { echo "$TORCH_SPEC"; cat requirements/*.txt setup.py pyproject.toml scripts/setup.sh; } | sha256sum | cut -d' ' -f1)
 
 if [ ! -x "$PY" ]; then
     log "creating $VENV"

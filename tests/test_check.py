@@ -51,11 +51,14 @@ def test_namespace_package_is_named(tmp_path):
     (tmp_path / 'mmef').mkdir()
     script = tmp_path / 'run_check.py'
     script.write_text(
-        'import sys\n'
+        'import os, sys\n'
         'import mmef.check as check  # the real module, loaded while the package is found\n'
+        'root = os.path.dirname(os.path.dirname(os.path.abspath(check.__file__)))\n'
         'for name in [n for n in sys.modules if n == "mmef" or n.startswith("mmef.")]:\n'
         '    del sys.modules[name]\n'
-        f'sys.path.insert(0, {str(tmp_path)!r})  # now "import mmef" finds the empty folder\n'
+        '# the real package out of reach, an empty folder named mmef first on the path\n'
+        'sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != root]\n'
+        f'sys.path.insert(0, {str(tmp_path)!r})\n'
         'sys.exit(check.main())\n')
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=300, cwd=str(tmp_path.parent))

@@ -28,7 +28,7 @@ def test_metafile_entries_point_at_existing_configs_and_original_weights():
             resolution = int(model['Cfg Options'].split('attn_bias_resolution=')[1].split()[0])
             task = 'detection' if resolution == 25 else 'segmentation'
             arch = model['Name'].split('efficientformer-')[1][:2]
-            assert osp.basename(model['Config']) == DENSE_CONFIGS[task].format(arch=arch)
+            assert osp.basename(model['Config']) == DENSE_CONFIGS[task].format(family='efficientformer', arch=arch)
         for result in model['Results']:
             assert result['Source'] == 'reported by the paper'
         assert model['Converted From']['Weights'].startswith('https://drive.google.com/')

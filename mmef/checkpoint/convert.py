@@ -30,54 +30,69 @@ from ..models.attention import DENSE_BIAS_RESOLUTIONS
 from .io import CheckpointError
 from .reader import OUTPUT_NORM, match_keys, read_checkpoint, unknown_layout
 
-# the mmef configs (in the repository's configs/ folder) that the dense files belong to
+# the mmef configs (in the repository's configs/ folder) that the dense files belong to; family
+# is 'efficientformer' (V1) or 'efficientformerv2'
 DENSE_CONFIGS = {
-    'detection': 'mask-rcnn_efficientformer-{arch}_fpn_1x_coco.py',
-    'segmentation': 'fpn_efficientformer-{arch}_8xb4-40k_ade20k-512x512.py',
+    'detection': 'mask-rcnn_{family}-{arch}_fpn_1x_coco.py',
+    'segmentation': 'fpn_{family}-{arch}_8xb4-40k_ade20k-512x512.py',
 }
 _DENSE_KIND = {25: 'detection', 16: 'segmentation'}
 assert set(_DENSE_KIND) == set(DENSE_BIAS_RESOLUTIONS)
 
 
-def infer_arch(state_dict):
-    """('l1' | 'l3' | 'l7' | arch dict) of an mmef-named backbone dict, or None."""
-    from ..models.efficientformer import EfficientFormer
+def model_class(fmt):
+    """The backbone class of a checkpoint layout (see :func:`mmef.checkpoint.keys.detect_format`)."""
+    from ..models import EfficientFormer, EfficientFormerV2
+    return EfficientFormerV2 if fmt.endswith('_v2') else EfficientFormer
+
+
+def infer_arch(state_dict, cls=None):
+    """Arch name (or, for V1, an arch dict) of an mmef-named backbone dict, or None."""
+    from ..models import EfficientFormer
+    cls = cls or EfficientFormer
     try:
         widths = [state_dict['stem.conv2.conv.weight'].shape[0]] + [
-            state_dict[f'stages.{i}.downsample.conv.weight'].shape[0] for i in (1, 2, 3)]
-    except KeyError:
+            next(state_dict[k] for k in (f'stages.{i}.downsample.conv.weight',
+                                         f'stages.{i}.downsample.conv.conv.weight')
+                 if k in state_dict).shape[0] for i in (1, 2, 3)]
+    except (KeyError, StopIteration):
         return None
+    for name, setting in cls.arch_settings.items():
+        if tuple(setting['widths']) == tuple(widths):
+            return name  # a named variant: missing or extra blocks are then reported
+    if cls is not EfficientFormer:
+        return None  # V2's MLP ratios per block cannot be told from the widths
     blocks = [{m.group(1) for k in state_dict
                for m in [re.match(rf'stages\.{i}\.(blocks\.\d+|attn_blocks\.\d+)\.', k)] if m}
               for i in range(4)]
-    arch = dict(widths=tuple(widths), depths=tuple(len(b) for b in blocks),
+    return dict(widths=tuple(widths), depths=tuple(len(b) for b in blocks),
                 num_attn_blocks=sum(b.startswith('attn_') for b in blocks[3]))
-    for name, setting in EfficientFormer.arch_settings.items():
-        if tuple(setting['widths']) == arch['widths']:
-            return name  # a named variant: missing or extra blocks are then reported
-    return arch
 
 
 def bias_resolution(state_dict, path='<checkpoint>'):
-    """Side R of the attention-bias tables (all must agree), or None without attention."""
-    sizes = {v.shape[-1] for k, v in state_dict.items() if k.endswith('attn.bias_table')}
+    """Side R of the stage attention-bias tables (all must agree; V2's downsampling table must
+    be 2R), or None without attention."""
+    sizes = {v.shape[-1] for k, v in state_dict.items()
+             if k.endswith('attn.bias_table') and '.downsample.' not in k}
+    down = {v.shape[-1] for k, v in state_dict.items()
+            if k.endswith('attn.bias_table') and '.downsample.' in k}
     if not sizes:
         return None
-    if len(sizes) > 1 or math.isqrt(next(iter(sizes)))**2 != next(iter(sizes)):
+    side = math.isqrt(next(iter(sizes)))
+    if len(sizes) > 1 or side**2 not in sizes or down - {(2 * side)**2}:
         raise CheckpointError(f'{path!r}: attention-bias tables of different or non-square '
-                              f'sizes: {sorted(sizes)}')
-    return math.isqrt(sizes.pop())
+                              f'sizes: {sorted(sizes)} (downsampling: {sorted(down)})')
+    return side
 
 
-def _expected_keys(arch, resolution):
-    """name -> shape of an mmef EfficientFormer of this arch (built on the meta device)."""
-    from ..models.efficientformer import EfficientFormer
+def _expected_keys(cls, arch, resolution):
+    """name -> shape of an mmef backbone of this arch (built on the meta device)."""
     with torch.device('meta'):
-        model = EfficientFormer(arch, attn_bias_resolution=resolution or 7)
+        model = cls(arch, attn_bias_resolution=resolution or 7)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _settings(dense, resolution, kind, arch):
+def _settings(dense, resolution, kind, arch, cls):
     """The backbone setting and config the converted file needs, as printable text."""
     name = arch if isinstance(arch, str) else '<custom arch>'
     if dense:
@@ -85,7 +100,7 @@ def _settings(dense, resolution, kind, arch):
                 f'model.backbone.attn_bias_resolution={resolution} model.backbone.init_cfg=None')
         cfg = DENSE_CONFIGS.get(kind, DENSE_CONFIGS[_DENSE_KIND.get(resolution, 'detection')])
         return dict(attn_bias_mode='official', attn_bias_resolution=resolution,
-                    config=cfg.format(arch=name), cfg_options=opts)
+                    config=cfg.format(family=cls.__name__.lower(), arch=name), cfg_options=opts)
     if resolution in (None, 7):
         return dict(attn_bias_mode='relative or official (ImageNet 7x7 table, resized on load)',
                     attn_bias_resolution=None, config=None,
@@ -124,14 +139,16 @@ def convert_checkpoint(src, dst, force=False):
     if ckpt.format is None:
         raise CheckpointError(unknown_layout(ckpt))
     mapped, rest = ckpt.backbone, ckpt.rest
-    arch = infer_arch(mapped)
+    cls = model_class(ckpt.format)
+    arch = infer_arch(mapped, cls)
     if arch is None:
         raise CheckpointError(f'{src!r}: the {ckpt.format} keys lack the stem or downsampling '
-                              f'convs, so the EfficientFormer variant cannot be told; is the '
-                              f'file complete?')
+                              f'convs, or their widths match no {cls.__name__} variant '
+                              f'({sorted(cls.arch_settings)}), so the variant cannot be told; '
+                              f'is the file complete?')
     resolution = bias_resolution(mapped, src)
-    expected = _expected_keys(arch, resolution)
-    found = match_keys(ckpt, expected, f'EfficientFormer {arch}')
+    expected = _expected_keys(cls, arch, resolution)
+    found = match_keys(ckpt, expected, f'{cls.__name__} {arch}')
     classifier = found['classifier'] + sorted(k for k in rest if k.startswith(('head.',
                                                                                 'dist_head.')))
     # ImageNet files have no output norms: those start fresh, they are not missing
@@ -151,13 +168,14 @@ def convert_checkpoint(src, dst, force=False):
                 kept=len(rest), dropped=ckpt.dropped, dropped_entries=ckpt.entries,
                 left_over=found['unexpected'], missing=missing, classifier=classifier,
                 attn_bias_resolution=resolution, dataset_meta=ckpt.dataset_meta,
-                needs=_settings(ckpt.dense, resolution, ckpt.kind, arch), sha256=sha256)
+                needs=_settings(ckpt.dense, resolution, ckpt.kind, arch, cls),
+                model=cls.__name__, sha256=sha256)
 
 
 def format_summary(summary):
     """Human-readable lines for a :func:`convert_checkpoint` summary."""
     s = summary
-    lines = [f"converted {s['src']} ({s['format']} layout, {s['kind']}, EfficientFormer "
+    lines = [f"converted {s['src']} ({s['format']} layout, {s['kind']}, {s['model']} "
              f"{s['arch']}) -> {s['dst']}",
              f"  {s['mapped']} backbone tensors in mmef names ({s['renamed']} renamed), "
              f"{s['kept']} {'classifier' if s['kind'] == 'imagenet' else 'neck/head'} tensors "
@@ -176,7 +194,7 @@ def format_summary(summary):
         lines.append(f"  WARNING left over (not EfficientFormer names, written unchanged): "
                      f"{s['left_over'][:8]}")
     if s['missing']:
-        lines.append(f"  WARNING missing {len(s['missing'])} tensors an mmef EfficientFormer "
+        lines.append(f"  WARNING missing {len(s['missing'])} tensors an mmef {s['model']} "
                      f"{s['arch']} has: {s['missing'][:8]}")
     needs = s['needs']
     if needs['attn_bias_resolution'] is None:

@@ -64,14 +64,21 @@ def _sub(name, table):
 
 
 def detect_format(state_dict):
-    """'original', 'timm', 'mmpretrain' or 'mmef' for a backbone-level state dict, else None.
+    """'original', 'timm', 'mmpretrain' or 'mmef' for a backbone-level state dict, else None;
+    with '_v2' appended for EfficientFormerV2 (its MLPs have a depthwise 'mid' conv).
 
     Decided by keys only one layout has; when a dict mixes layouts the most frequent one wins.
     """
     counts = {fmt: sum(1 for k in state_dict if any(re.match(p, k) for p in patterns))
               for fmt, patterns in _MARKERS.items()}
     best = max(counts, key=counts.get)
-    return best if counts[best] else None
+    if not counts[best]:
+        return None
+    if not any(_V2_MARKER.search(k) for k in state_dict):
+        return best
+    counts = {fmt: sum(1 for k in state_dict if any(re.search(p, k) for p in patterns))
+              for fmt, patterns in _V2_MARKERS.items()}
+    return max(counts, key=counts.get)
 
 
 def _num_4d(state_dict, pattern):
@@ -169,7 +176,107 @@ def _map_mmpretrain(state_dict, dropped):
     return out
 
 
-_MAPPERS = {'original': _map_original, 'timm': _map_timm, 'mmpretrain': _map_mmpretrain}
+# ---------------------------------------------------------------- EfficientFormerV2
+# V2 layouts have a depthwise conv in every MLP ('mlp.mid'), which V1 never has.
+_V2_MARKER = re.compile(r'(^|\.)mlp\.mid(_norm)?\.')
+_V2_MARKERS = {
+    'original_v2': [r'^patch_embed\.', r'^network\.'],
+    'timm_v2': [r'\.token_mixer\.', r'^stages\.[12]\.downsample\.conv\.(conv|bn)\.',
+                r'^head_dist\.', r'\.attention_biases$'],
+    'mmef_v2': [r'\.attn\.(q|k|v|proj)\.', r'^stages\.[12]\.downsample\.(conv|bn)\.[a-z_]+$',
+                r'\.bias_table$'],
+}
+# inside a V2 block / the downsampling attention: source name -> mmef name
+_V2_ORIGINAL = {
+    'mlp.fc1': 'mlp.fc1.conv', 'mlp.norm1': 'mlp.fc1.bn', 'mlp.mid': 'mlp.mid.conv',
+    'mlp.mid_norm': 'mlp.mid.bn', 'mlp.fc2': 'mlp.fc2.conv', 'mlp.norm2': 'mlp.fc2.bn',
+    'layer_scale_1': 'ls1.gamma', 'layer_scale_2': 'ls2.gamma',
+    'token_mixer.proj.1': 'attn.proj.conv', 'token_mixer.proj.2': 'attn.proj.bn',
+    'token_mixer.talking_head1': 'attn.talking_head1',
+    'token_mixer.talking_head2': 'attn.talking_head2',
+    **{f'token_mixer.{n}.{i}': f'attn.{n}.{m}' for n in ('q', 'k', 'v', 'v_local', 'stride_conv')
+       for i, m in (('0', 'conv'), ('1', 'bn'))},
+    # downsampling attention (network.5.attn)
+    'q.local.0': 'q_local', 'q.proj.0': 'q.conv', 'q.proj.1': 'q.bn',
+    'k.0': 'k.conv', 'k.1': 'k.bn', 'v.0': 'v.conv', 'v.1': 'v.bn', 'v_local.0': 'v_local.conv',
+    'v_local.1': 'v_local.bn', 'proj.1': 'proj.conv', 'proj.2': 'proj.bn',
+}
+_V2_TIMM = {'token_mixer': 'attn', 'q.local': 'q_local', 'q.proj': 'q'}
+
+
+def _v2_table(key, rest, dense, dropped):
+    """mmef name of an attention-bias entry ('bias_table'), or None when it is dropped."""
+    if rest.endswith(('attention_bias_idxs', 'attention_bias_idxs_seg')):
+        dropped[key] = DROP_INDEX
+        return None
+    if rest.endswith('attention_biases') and dense:
+        dropped[key] = DROP_PLACEHOLDER
+        return None
+    return rest.rsplit('attention_biases', 1)[0] + 'bias_table'
+
+
+def _flat_scale(key, value):
+    """The original V2 layer scales are (C, 1, 1); mmef's are (C, ) (a view, no copy)."""
+    return value.reshape(-1) if key.endswith(('layer_scale_1', 'layer_scale_2')) else value
+
+
+def _map_original_v2(state_dict, dropped):
+    dense = needs_official_bias(state_dict)
+    stem = {'0': 'conv1.conv', '1': 'conv1.bn', '3': 'conv2.conv', '4': 'conv2.bn'}
+    out = {}
+    for key, value in state_dict.items():
+        new = key
+        m = re.match(r'patch_embed\.(\d)\.(.+)$', key)
+        if m and m.group(1) in stem:
+            new = f'stem.{stem[m.group(1)]}.{m.group(2)}'
+        m = re.match(r'network\.([13])\.(proj|norm)\.(.+)$', key)
+        if m:
+            new = f'stages.{(int(m.group(1)) + 1) // 2}.downsample.' \
+                  f'{_CONV_BN[m.group(2)]}.{m.group(3)}'
+        m = re.match(r'network\.5\.(conv|bn)\.(.+)$', key)
+        if m:
+            new = f'stages.3.downsample.conv.{m.group(1)}.{m.group(2)}'
+        m = re.match(r'network\.5\.attn\.(.+)$', key)
+        if m:
+            rest = m.group(1)
+            if 'attention_bias' in rest:
+                rest = _v2_table(key, rest, dense, dropped)
+            new = None if rest is None else 'stages.3.downsample.attn.' + _sub(rest, _V2_ORIGINAL)
+        m = re.match(r'network\.([0246])\.(\d+)\.(.+)$', key)
+        if m:
+            rest = m.group(3)
+            if 'attention_bias' in rest:
+                rest = _v2_table(key, rest.replace('token_mixer.', 'attn.'), dense, dropped)
+            new = None if rest is None else \
+                f'stages.{int(m.group(1)) // 2}.blocks.{m.group(2)}.' + _sub(rest, _V2_ORIGINAL)
+        if new is not None:
+            out[new] = _flat_scale(key, value)
+    return out
+
+
+def _map_timm_v2(state_dict, dropped):
+    out = {}
+    for key, value in state_dict.items():
+        new = re.sub(r'^stages\.([12])\.downsample\.conv\.', r'stages.\1.downsample.', key)
+        if 'attention_bias' in new:
+            new = _v2_table(key, new, False, dropped)
+        if new is not None:
+            new = _rename_parts(new, _V2_TIMM)
+            if new.startswith('head_dist.'):
+                new = 'dist_head.' + new[len('head_dist.'):]
+            out[new] = value
+    return out
+
+
+def _rename_parts(name, table):
+    """Applies ``table`` (old -> new dotted fragments) wherever a fragment starts a component."""
+    for old, new in table.items():
+        name = re.sub(rf'(^|\.){re.escape(old)}\.', lambda m: f'{m.group(1)}{new}.', name)
+    return name
+
+
+_MAPPERS = {'original': _map_original, 'timm': _map_timm, 'mmpretrain': _map_mmpretrain,
+            'original_v2': _map_original_v2, 'timm_v2': _map_timm_v2}
 
 
 def map_with_report(state_dict):

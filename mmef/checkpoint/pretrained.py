@@ -16,27 +16,29 @@ IMAGENET_BIAS_RESOLUTION = 7
 
 
 def _bias_table_fitter(model, path):
-    """``fit`` for :func:`match_keys`: resizes a 7x7 ImageNet table as a grid to the model's."""
+    """``fit`` for :func:`match_keys`: resizes an ImageNet table (7x7; 14x14 for V2's
+    downsampling attention, whose keys are twice as dense) as a grid to the model's side."""
     def fit(key, table, shape):
         if not key.endswith('attn.bias_table'):
             return None
+        attn = model.get_submodule(key.rsplit('.', 1)[0])
         res = math.isqrt(table.shape[-1])
-        model_res = model.attn_bias_resolution
-        if table.dim() == 2 and table.shape[0] == shape[0] and res == IMAGENET_BIAS_RESOLUTION \
-                and res * res == table.shape[-1]:
+        model_res = attn.bias_resolution
+        if table.dim() == 2 and table.shape[0] == shape[0] and res * res == table.shape[-1] \
+                and res == IMAGENET_BIAS_RESOLUTION * attn.resolution_factor:
             return resize_table(table, res, (model_res, model_res)).reshape(shape)
         dense = ', '.join(f'{r} for {name}' for r, name in DENSE_BIAS_RESOLUTIONS.items())
         raise CheckpointError(
             f'{path!r}: {key} is a {res}x{res} attention-bias table ({tuple(table.shape)}), the '
             f'model expects {model_res}x{model_res} ({shape}). Tables other than the ImageNet '
-            f'7x7 one come from dense models (the original weights use {dense}, with the '
+            f'ones come from dense models (the original weights use {dense}, with the '
             f"pair-matrix bias): build the backbone with attn_bias_mode='official', "
-            f'attn_bias_resolution={res}')
+            f'attn_bias_resolution={res // attn.resolution_factor}')
     return fit
 
 
 def _describe(model):
-    """'EfficientFormer l1' (or the arch dict of a custom variant), for messages."""
+    """'EfficientFormer l1' / 'EfficientFormerV2 s0' (or the arch dict of a custom variant)."""
     names = [k for k, v in type(model).arch_settings.items() if v == model.arch]
     return f'{type(model).__name__} {names[0] if names else model.arch}'
 

@@ -1,7 +1,9 @@
 from mmengine.registry import MODELS as MMENGINE_MODELS
 
 from .efficientformer import EfficientFormer
+from .efficientformer_v2 import EfficientFormerV2
 
-MMENGINE_MODELS.register_module(module=EfficientFormer)
+for _cls in (EfficientFormer, EfficientFormerV2):
+    MMENGINE_MODELS.register_module(module=_cls)
 
-__all__ = ['EfficientFormer']
+__all__ = ['EfficientFormer', 'EfficientFormerV2']

@@ -1,4 +1,5 @@
-"""Building blocks of EfficientFormer: conv-BN units, the 4D (MB4D) and 3D (MB3D) blocks."""
+"""Building blocks of EfficientFormer: conv-BN units, stem, MLPs, layer scale, drop path (shared
+by V1 and V2) and V1's 4D (MB4D) and 3D (MB3D) blocks."""
 import torch
 import torch.nn as nn
 
@@ -8,9 +9,10 @@ from .attention import Attention
 class ConvNorm(nn.Module):
     """Conv2d (with bias, as in the original) followed by BatchNorm; foldable for deploy."""
 
-    def __init__(self, in_channels, out_channels, kernel_size=1, stride=1, padding=0):
+    def __init__(self, in_channels, out_channels, kernel_size=1, stride=1, padding=0, groups=1):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
+                              groups=groups)
         self.bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, x):
@@ -18,13 +20,14 @@ class ConvNorm(nn.Module):
 
 
 class Stem(nn.Module):
-    """Two stride-2 conv3x3-BN-ReLU units: (B, 3, H, W) -> (B, C, H/4, W/4)."""
+    """Two stride-2 conv3x3-BN-act units: (B, 3, H, W) -> (B, C, H/4, W/4) (ReLU in V1, GELU in
+    V2)."""
 
-    def __init__(self, in_channels, out_channels):
+    def __init__(self, in_channels, out_channels, act_layer=nn.ReLU):
         super().__init__()
         self.conv1 = ConvNorm(in_channels, out_channels // 2, 3, 2, 1)
         self.conv2 = ConvNorm(out_channels // 2, out_channels, 3, 2, 1)
-        self.act = nn.ReLU()
+        self.act = act_layer()
 
     def forward(self, x):
         return self.act(self.conv2(self.act(self.conv1(x))))
@@ -63,16 +66,22 @@ class LayerScale(nn.Module):
 
 
 class ConvMlp(nn.Module):
-    """1x1 conv MLP on NCHW maps: ConvNorm -> GELU -> ConvNorm."""
+    """1x1 conv MLP on NCHW maps: ConvNorm -> GELU -> ConvNorm (V1); with ``mid_conv`` a
+    depthwise 3x3 ConvNorm -> GELU sits in the middle (V2)."""
 
-    def __init__(self, channels, hidden_channels):
+    def __init__(self, channels, hidden_channels, mid_conv=False):
         super().__init__()
         self.fc1 = ConvNorm(channels, hidden_channels)
         self.act = nn.GELU()
+        self.mid = ConvNorm(hidden_channels, hidden_channels, 3, 1, 1, groups=hidden_channels) \
+            if mid_conv else None
         self.fc2 = ConvNorm(hidden_channels, channels)
 
     def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
+        x = self.act(self.fc1(x))
+        if self.mid is not None:
+            x = self.act(self.mid(x))
+        return self.fc2(x)
 
 
 class Mlp(nn.Module):
