@@ -116,7 +116,8 @@ class DeployedMB4D(_InferenceOnly):
     def __init__(self, block, fused_mixer=True):
         super().__init__()
         self.pool = block.pool
-        self.fc1, self.act, self.fc2 = block.mlp.fc1, block.mlp.act, block.mlp.fc2  # folded
+        self.fc1, self.fc2 = block.mlp.fc1, block.mlp.fc2  # BN already folded
+        self.act = _exact_gelu(block.mlp.act)
 
         ls1, ls2 = _layer_scale(block.ls1), _layer_scale(block.ls2)
         if ls2 is not None:
@@ -136,14 +137,14 @@ class DeployedMB4D(_InferenceOnly):
             return x + self.fc2(self.act(self.fc1(x)))
         # without autograd, in-place ops reuse buffers (fresh large buffers cost page faults)
         x = self.pool(x).lerp_(x, 1 - gamma)
-        return self.fc2(_act_inplace(self.act, self.fc1(x))).add_(x)
+        return self.fc2(torch.ops.aten.gelu_(self.fc1(x))).add_(x)
 
 
-def _act_inplace(act, x):
-    """``act(x)``, in place for exact GELU (x is a fresh buffer nobody else reads)."""
-    if type(act) is nn.GELU and act.approximate == 'none':
-        return torch.ops.aten.gelu_(x)
-    return act(x)
+def _exact_gelu(act):
+    """The deployed MLPs apply GELU in place; the training modules always use exact GELU."""
+    if type(act) is not nn.GELU or act.approximate != 'none':
+        raise TypeError(f'deploy expects the MLP activation nn.GELU(), got {act}')
+    return act
 
 
 class DeployedV2Block(_InferenceOnly):
@@ -156,7 +157,8 @@ class DeployedV2Block(_InferenceOnly):
         if self.attn is not None:
             fold_output_scale(self.attn.proj, _layer_scale(block.ls1))
         mlp = block.mlp
-        self.fc1, self.mid, self.fc2, self.act = mlp.fc1, mlp.mid, mlp.fc2, mlp.act  # folded
+        self.fc1, self.mid, self.fc2 = mlp.fc1, mlp.mid, mlp.fc2  # BN already folded
+        self.act = _exact_gelu(mlp.act)
         fold_output_scale(self.fc2, _layer_scale(block.ls2))
 
     def forward(self, x):
@@ -166,7 +168,7 @@ class DeployedV2Block(_InferenceOnly):
             return x + self.fc2(self.act(self.mid(self.act(self.fc1(x)))))
         if self.attn is not None:
             x = self.attn(x).add_(x)
-        h = _act_inplace(self.act, self.mid(_act_inplace(self.act, self.fc1(x))))
+        h = torch.ops.aten.gelu_(self.mid(torch.ops.aten.gelu_(self.fc1(x))))
         return self.fc2(h).add_(x)
 
 

@@ -1,5 +1,6 @@
 """configs/metafile.yml and docs/model_zoo.md agree with the configs and with the converter."""
 import os.path as osp
+import re
 
 import yaml
 
@@ -18,7 +19,7 @@ def test_metafile_entries_point_at_existing_configs_and_original_weights():
     with open(osp.join(ROOT, 'docs', 'model_zoo.md')) as f:
         zoo = f.read()
     names = [m['Name'] for m in meta['Models']]
-    assert len(names) == len(set(names)) == 9
+    assert len(names) == len(set(names)) == 17  # V1: 3 ImageNet + 6 dense; V2: 4 + 4
     for model in meta['Models']:
         if model['Config'] is not None:
             assert osp.isfile(osp.join(ROOT, model['Config'])), model['Config']
@@ -27,8 +28,9 @@ def test_metafile_entries_point_at_existing_configs_and_original_weights():
             assert model['Cfg Options'] in zoo
             resolution = int(model['Cfg Options'].split('attn_bias_resolution=')[1].split()[0])
             task = 'detection' if resolution == 25 else 'segmentation'
-            arch = model['Name'].split('efficientformer-')[1][:2]
-            assert osp.basename(model['Config']) == DENSE_CONFIGS[task].format(family='efficientformer', arch=arch)
+            family, arch = re.search(r'(efficientformer(?:v2)?)-(l\d|s\d|l)_', model['Name']).groups()
+            assert osp.basename(model['Config']) == DENSE_CONFIGS[task].format(family=family,
+                                                                               arch=arch)
         for result in model['Results']:
             assert result['Source'] == 'reported by the paper'
         assert model['Converted From']['Weights'].startswith('https://drive.google.com/')

@@ -105,8 +105,9 @@ def _point_to_data(cfg, data):
             cfg[name].dataset.data_root = data['ade']
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=_rel)
+@pytest.mark.parametrize('path', [p for p in CONFIGS if 'efficientformerv2' not in p], ids=_rel)
 def test_config_builds(path, data, tmp_path):
+    """V1 configs (the V2 ones: tests/test_v2_configs.py)."""
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import DATASETS, MODELS
     cfg = Config.fromfile(path)

@@ -10,7 +10,7 @@ from mmef.deploy import (DeployedGroupNorm, DeployedMB3D, DeployedMB4D, fold_con
                          is_deployed, switch_to_deploy, switch_to_deploy_model)
 from mmef.models import EfficientFormer
 from mmef.models.layers import MB3D, MB4D, ConvNorm, DropPath, LayerScale
-from weights import randomize
+from weights import randomize, shrink_bn_variances
 
 
 def build(arch, **kwargs):
@@ -112,13 +112,7 @@ def test_folds_keep_bn_eps(size):
     """BatchNorms with small running variances (1e-3..1e-2, weights scaled by sqrt(var) so that
     activations stay bounded): there eps = 1e-5 shifts the result by up to 0.5 %, so a fold that
     leaves eps out fails the 1e-5 tolerance below (float rounding is about 1e-6)."""
-    model = build('l1')
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, _BatchNorm):
-                m.running_var.uniform_(1e-3, 1e-2, generator=g)
-                m.weight.mul_(m.running_var.sqrt())
+    model = shrink_bn_variances(build('l1'), seed=1)
     deployed = switch_to_deploy(copy.deepcopy(model))
     x = torch.randn(1, 3, *size)
     with torch.no_grad():

@@ -61,3 +61,31 @@ def test_semantic_fpn_export(tmp_path):
     session = export_onnx.ort_session(str(path), threads=1)
     assert expected.shape == (1, 150, 32, 32)
     assert max(export_onnx.relative_errors(session, x, [expected])) <= 1e-4
+
+
+@pytest.mark.parametrize('size', [(160, 224), (224, 160)])
+def test_v2_backbone_onnx_matches_unfused(tmp_path, size):
+    model = randomize(export_onnx.build_backbone('v2-s0'), seed=2).eval()
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        expected = copy.deepcopy(model)(x)
+    path = tmp_path / 's0.onnx'
+    export_onnx.export(model, x, str(path))
+    session = export_onnx.ort_session(str(path), threads=1)
+    assert max(export_onnx.relative_errors(session, x, expected)) <= 1e-4
+
+
+def test_v2_semantic_fpn_export(tmp_path):
+    config = Path(__file__).resolve().parents[1] / 'configs' / 'semantic_fpn' / \
+        'fpn_efficientformerv2-s0_8xb4-40k_ade20k-512x512.py'
+    model = export_onnx.build_segmentor(str(config))
+    randomize(model.segmentor.backbone, seed=3)
+    model.eval()
+    x = torch.randn(1, 3, 128, 160)
+    with torch.no_grad():
+        expected = copy.deepcopy(model)(x)
+    path = tmp_path / 'fpn_s0.onnx'
+    export_onnx.export(model, x, str(path))
+    session = export_onnx.ort_session(str(path), threads=1)
+    assert expected.shape == (1, 150, 32, 40)
+    assert max(export_onnx.relative_errors(session, x, [expected])) <= 1e-4

@@ -16,7 +16,7 @@ from mmef.deploy import switch_to_deploy
 from mmef.models import EfficientFormerV2
 from _original_ref import save_imagenet_checkpoint, save_mmcv1_checkpoint
 from _original_ref_v2 import ARCHS, classify, make_original_v2, original_v2_forward
-from weights import randomize
+from weights import randomize, shrink_bn_variances
 
 ALL = ['s0', 's1', 's2', 'l']
 # reported with the classifier at 224 (paper / original README): params (M)
@@ -310,13 +310,7 @@ def test_deployed_equals_unfused(arch, mode):
 
 def test_deploy_folds_keep_bn_eps():
     """Small running variances (weights scaled by sqrt(var)): a fold without eps fails 1e-5."""
-    model = randomize(EfficientFormerV2('s0')).eval()
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, _BatchNorm):
-                m.running_var.uniform_(1e-3, 1e-2, generator=g)
-                m.weight.mul_(m.running_var.sqrt())
+    model = shrink_bn_variances(randomize(EfficientFormerV2('s0')).eval(), seed=2)
     deployed = switch_to_deploy(copy.deepcopy(model))
     x = torch.randn(1, 3, 128, 96)
     with torch.no_grad():

@@ -26,6 +26,8 @@ BN folded by mmcv and channels_last, i.e. the same treatment as l*-deploy). Abla
 deploy steps, chosen through switch_to_deploy's options (DEPLOY_VARIANTS): l1-fold (BN and layer
 scales folded, NCHW, out-of-place MB4D), l1-fold-cl (+ channels_last); l1-deploy adds the
 lerp / in-place MB4D forward.
+EfficientFormerV2: v2s0 v2s1 v2s2 v2l (unfused eval), -deploy, -original (the original dense
+code's arithmetic: official bias of the COCO files recomputed on every forward, unfused).
 Whole-model tasks: l1, l1-deploy, l3, l3-deploy, ..., r50 (mmdet / mmseg R-50 configs).
 
 Example:
@@ -81,6 +83,43 @@ class OriginalStyleAttention(torch.nn.Module):
         return attn.merge_heads(weights @ v)
 
 
+class UncachedBias(torch.nn.Module):
+    """An attention that recomputes its bias on every forward, as the original dense code does
+    (mmef caches it per grid size in eval mode)."""
+
+    def __init__(self, attn):
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, x):
+        self.attn.clear_bias_cache()
+        return self.attn(x)
+
+
+def build_v2(name):
+    """v2s0 v2s1 v2s2 v2l (unfused eval), -deploy, -original (official bias of the COCO files,
+    R = 25, recomputed every forward, unfused: the original V2 dense code's arithmetic)."""
+    from mmef.deploy import switch_to_deploy
+    from mmef.models import EfficientFormerV2
+    from mmef.models.efficientformer_v2 import AttnDownsample, AttnFFN
+    arch, _, variant = name[2:].partition('-')
+    if variant == 'original':
+        model = EfficientFormerV2(arch, attn_bias_mode='official', attn_bias_resolution=25)
+    elif variant in ('', 'deploy'):
+        model = EfficientFormerV2(arch)
+    else:
+        raise ValueError(f'unknown model {name!r}')
+    model.init_weights()
+    model.eval()
+    if variant == 'deploy':
+        switch_to_deploy(model)
+    if variant == 'original':
+        for m in list(model.modules()):
+            if isinstance(m, (AttnFFN, AttnDownsample)):
+                m.attn = UncachedBias(m.attn)
+    return model
+
+
 # deploy steps per ablation (mmef.deploy.switch_to_deploy options)
 DEPLOY_VARIANTS = {'deploy': dict(), 'fold': dict(channels_last=False, fused_mixer=False),
                    'fold-cl': dict(fused_mixer=False)}
@@ -89,6 +128,8 @@ DEPLOY_VARIANTS = {'deploy': dict(), 'fold': dict(channels_last=False, fused_mix
 def build_backbone(name):
     from mmef.deploy import ChannelsLast, switch_to_deploy
     from mmef.models import EfficientFormer
+    if name.startswith('v2'):
+        return build_v2(name)
     arch, _, variant = name.partition('-')
     if arch in ('r18', 'r50'):
         import mmdet.models  # noqa: F401  (registers ResNet)
@@ -334,6 +375,8 @@ def report(args, times, memory):
     pairs = [('l1-deploy', 'l1-official'), ('l1-deploy', 'l1-original'), ('l3-deploy', 'r50'),
              ('l3-deploy', 'r50-deploy'), ('l1', 'r50'), ('l1-deploy', 'r18')]
     pairs += [(f'{a}-deploy', a) for a in ('l1', 'l3', 'l7')]
+    pairs += [(f'{a}-deploy', f'{a}-original') for a in ('v2s0', 'v2s1', 'v2s2', 'v2l')]
+    pairs += [('v2s2-deploy', 'l1-deploy'), ('v2s2-deploy', 'l3-deploy')]
     lines = [f'{a} / {b} = {statistics.median(times[a]) / statistics.median(times[b]):.2f}'
              for a, b in pairs if a in times and b in times]
     if lines:

@@ -1,4 +1,5 @@
-"""Export a deployed EfficientFormer backbone (or a Semantic FPN segmentor) to ONNX at a fixed size.
+"""Export a deployed EfficientFormer / EfficientFormerV2 backbone (or a Semantic FPN segmentor) to
+ONNX at a fixed size.
 
 The model is switched to deploy mode first (:mod:`mmef.deploy`: BN and layer scales folded, the
 attention bias of that input size baked in as a constant), exported with torch's TorchScript
@@ -9,6 +10,7 @@ on a random input and compared with PyTorch: max |ort - torch| / max |torch| per
 
 Examples:
     python tools/export_onnx.py --arch l1 --size 800 1344 --out work_dirs/l1_800x1344.onnx
+    python tools/export_onnx.py --arch v2-s2 --size 800 1344 --out work_dirs/s2_800x1344.onnx
     python tools/export_onnx.py --segmentor \\
         configs/semantic_fpn/fpn_efficientformer-l1_8xb4-40k_ade20k-512x512.py \\
         --size 512 512 --out work_dirs/fpn_l1_512.onnx
@@ -26,7 +28,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from mmef.deploy import switch_to_deploy_model  # noqa: E402
-from mmef.models import EfficientFormer  # noqa: E402
+from mmef.models import EfficientFormer, EfficientFormerV2  # noqa: E402
+from mmef.models.base import EfficientFormerBase  # noqa: E402
+
+# --arch names: V1 'l1', 'l3', 'l7'; V2 'v2-s0', 'v2-s1', 'v2-s2', 'v2-l'
+ARCHS = {**{a: (EfficientFormer, a) for a in EfficientFormer.arch_settings},
+         **{f'v2-{a}': (EfficientFormerV2, a) for a in EfficientFormerV2.arch_settings}}
 
 
 class SegmentorLogits(nn.Module):
@@ -42,7 +49,8 @@ class SegmentorLogits(nn.Module):
 
 def build_backbone(arch, checkpoint=None):
     init_cfg = dict(type='Pretrained', checkpoint=checkpoint) if checkpoint else None
-    model = EfficientFormer(arch, init_cfg=init_cfg)
+    cls, name = ARCHS[arch]
+    model = cls(name, init_cfg=init_cfg)
     model.init_weights()
     return model.eval()
 
@@ -71,7 +79,7 @@ def build_segmentor(config, checkpoint=None):
 def export(model, x, path, opset=17):
     """Deploys ``model`` (in place) for inputs shaped like ``x`` and writes ONNX to ``path``."""
     # deploy mode also exports the output GroupNorms precisely (mmef.deploy.DeployedGroupNorm)
-    switch_to_deploy_model(model, fuse_others=not isinstance(model, EfficientFormer))
+    switch_to_deploy_model(model, fuse_others=not isinstance(model, EfficientFormerBase))
     with torch.no_grad():
         outputs = model(x)  # fills the bias cache for this size: exported as a constant
     outputs = [outputs] if torch.is_tensor(outputs) else list(outputs)
@@ -122,7 +130,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split('\n\n', 1)[1])
-    parser.add_argument('--arch', default='l1', choices=sorted(EfficientFormer.arch_settings))
+    parser.add_argument('--arch', default='l1', choices=sorted(ARCHS))
     parser.add_argument('--segmentor', metavar='CONFIG',
                         help='export this mmseg config (e.g. Semantic FPN) instead of --arch')
     parser.add_argument('--checkpoint', help='weights (backbone: any format load_pretrained '

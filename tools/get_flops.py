@@ -6,11 +6,11 @@ attn v) and the norm handles switched off: like the paper's GMACs, only convolut
 layers and the attention matmuls count, not element-wise work (norms, activations, pooling,
 softmax, bias adds). ``--classifier`` adds the ImageNet head the paper counts (final LayerNorm,
 mean over tokens, ``head`` and ``dist_head`` Linear layers to 1000 classes), so that at 224x224
-the numbers can be compared with the paper (L1 1.30G, L3 3.74G, L7 10.16G MACs; 12.3M / 31.4M /
-82.2M parameters).
+the numbers can be compared with the papers (L1 1.30G, L3 3.74G, L7 10.16G MACs; 12.3M / 31.4M /
+82.2M parameters; V2 S0 0.40G, S1 0.65G, S2 1.25G, L 2.56G; 3.5M / 6.1M / 12.6M / 26.1M).
 
 Example:
-    python tools/get_flops.py --arch l1 l3 l7 --size 224 224 --classifier
+    python tools/get_flops.py --arch l1 l3 l7 v2-s0 v2-s1 v2-s2 v2-l --size 224 224 --classifier
     python tools/get_flops.py --arch l1 --size 800 1344
 """
 import argparse
@@ -26,27 +26,40 @@ from mmengine.analysis.jit_handles import get_shape
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mmef.deploy import switch_to_deploy  # noqa: E402
-from mmef.models import EfficientFormer  # noqa: E402
+from mmef.models import EfficientFormer, EfficientFormerV2  # noqa: E402
 
-PAPER = {'l1': (1.30e9, 12.3e6), 'l3': (3.74e9, 31.4e6), 'l7': (10.16e9, 82.2e6)}
-# FlopAnalyzer operator names -> the table's columns
-KINDS = {'conv': 'conv', 'linear': 'linear', 'scaled_dot_product_attention': 'attention matmul'}
-NOT_COUNTED = ('aten::batch_norm', 'aten::group_norm', 'aten::layer_norm')
+# --arch names: V1 'l1', 'l3', 'l7'; V2 'v2-s0', 'v2-s1', 'v2-s2', 'v2-l'
+ARCHS = {**{a: (EfficientFormer, a) for a in EfficientFormer.arch_settings},
+         **{f'v2-{a}': (EfficientFormerV2, a) for a in EfficientFormerV2.arch_settings}}
+# reported MACs and parameters with the classifier at 224 (V1 paper; V2 paper / README)
+PAPER = {'l1': (1.30e9, 12.3e6), 'l3': (3.74e9, 31.4e6), 'l7': (10.16e9, 82.2e6),
+         'v2-s0': (0.40e9, 3.5e6), 'v2-s1': (0.65e9, 6.1e6), 'v2-s2': (1.25e9, 12.6e6),
+         'v2-l': (2.56e9, 26.1e6)}
+# FlopAnalyzer operator names -> the table's columns (V1 attention is one SDPA call, V2's the
+# two matmuls q k^T and attn v)
+KINDS = {'conv': 'conv', 'linear': 'linear', 'scaled_dot_product_attention': 'attention matmul',
+         'matmul': 'attention matmul'}
+NOT_COUNTED = ('aten::batch_norm', 'aten::group_norm', 'aten::layer_norm',
+               'aten::upsample_bilinear2d')
 
 
 class ClassifierEquivalent(nn.Module):
-    """Backbone + the paper's classification head, for counting only (random weights)."""
+    """Backbone + the paper's classification head, for counting only (random weights): a norm
+    (V1 LayerNorm over tokens, V2 BatchNorm), the mean over positions, head and dist_head."""
 
     def __init__(self, backbone, num_classes=1000):
         super().__init__()
         self.backbone = backbone
         channels = backbone.widths[-1]
-        self.norm = nn.LayerNorm(channels)
+        self.v2 = isinstance(backbone, EfficientFormerV2)
+        self.norm = nn.BatchNorm2d(channels) if self.v2 else nn.LayerNorm(channels)
         self.head = nn.Linear(channels, num_classes)
         self.dist_head = nn.Linear(channels, num_classes)
 
     def forward(self, x):
-        tokens = self.norm(self.backbone(x)[-1].flatten(2).transpose(1, 2)).mean(1)
+        last = self.backbone(x)[-1]
+        tokens = self.norm(last).flatten(2).mean(-1) if self.v2 else \
+            self.norm(last.flatten(2).transpose(1, 2)).mean(1)
         return (self.head(tokens) + self.dist_head(tokens)) / 2
 
 
@@ -73,7 +86,9 @@ def count_macs(model, inputs):
     unknown = sorted(op for op, n in by_op.items() if n and op not in KINDS)
     if unknown:
         raise RuntimeError(f'counted operators outside the table: {unknown}')
-    counts = {kind: int(by_op.get(op, 0)) for op, kind in KINDS.items()}
+    counts = dict.fromkeys(KINDS.values(), 0)
+    for op, kind in KINDS.items():
+        counts[kind] += int(by_op.get(op, 0))
     counts['total'] = sum(counts.values())
     return counts
 
@@ -84,7 +99,8 @@ def count_params(model):
 
 def measure(arch, size, classifier=False, deploy=False):
     """Returns (params, macs dict) of the backbone (optionally with the classifier head)."""
-    model = EfficientFormer(arch, out_indices=(3, ) if classifier else (0, 1, 2, 3)).eval()
+    cls, name = ARCHS[arch]
+    model = cls(name, out_indices=(3, ) if classifier else (0, 1, 2, 3)).eval()
     if deploy:
         switch_to_deploy(model)
     if classifier:
@@ -94,8 +110,7 @@ def measure(arch, size, classifier=False, deploy=False):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--arch', nargs='+', default=['l1', 'l3', 'l7'],
-                        choices=sorted(EfficientFormer.arch_settings))
+    parser.add_argument('--arch', nargs='+', default=['l1', 'l3', 'l7'], choices=sorted(ARCHS))
     parser.add_argument('--size', nargs=2, type=int, default=[224, 224], metavar=('H', 'W'))
     parser.add_argument('--classifier', action='store_true',
                         help='add the ImageNet head (norm, head, dist_head; 1000 classes)')

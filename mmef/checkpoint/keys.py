@@ -102,16 +102,21 @@ def _block(stage, j, rest, num_4d, has_seg, dropped, key):
     return f'stages.{stage}.blocks.{j}.' + _sub(rest, _4D)
 
 
+def _original_stem(key):
+    """patch_embed.{0,1,3,4} (conv, BN, act, conv, BN) of the original V1 / V2 files -> mmef."""
+    m = re.match(r'patch_embed\.([0134])\.(.+)$', key)
+    if not m:
+        return key
+    unit = {'0': 'conv1.conv', '1': 'conv1.bn', '3': 'conv2.conv', '4': 'conv2.bn'}[m.group(1)]
+    return f'stem.{unit}.{m.group(2)}'
+
+
 def _map_original(state_dict, dropped):
     has_seg = needs_official_bias(state_dict)
     num_4d = _num_4d(state_dict, r'network\.6\.(\d+)\.mlp\.norm1\.')
-    stem = {'0': 'conv1.conv', '1': 'conv1.bn', '3': 'conv2.conv', '4': 'conv2.bn'}
     out = {}
     for key, value in state_dict.items():
-        new = key
-        m = re.match(r'patch_embed\.(\d)\.(.+)$', key)
-        if m and m.group(1) in stem:
-            new = f'stem.{stem[m.group(1)]}.{m.group(2)}'
+        new = _original_stem(key)
         m = re.match(r'network\.(\d)\.(.+)$', key)
         if m:
             idx, rest = int(m.group(1)), m.group(2)
@@ -222,13 +227,9 @@ def _flat_scale(key, value):
 
 def _map_original_v2(state_dict, dropped):
     dense = needs_official_bias(state_dict)
-    stem = {'0': 'conv1.conv', '1': 'conv1.bn', '3': 'conv2.conv', '4': 'conv2.bn'}
     out = {}
     for key, value in state_dict.items():
-        new = key
-        m = re.match(r'patch_embed\.(\d)\.(.+)$', key)
-        if m and m.group(1) in stem:
-            new = f'stem.{stem[m.group(1)]}.{m.group(2)}'
+        new = _original_stem(key)
         m = re.match(r'network\.([13])\.(proj|norm)\.(.+)$', key)
         if m:
             new = f'stages.{(int(m.group(1)) + 1) // 2}.downsample.' \

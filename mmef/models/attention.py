@@ -74,8 +74,8 @@ class BiasedAttention(nn.Module):
             for messages (2 for V2's downsampling attention, whose keys are twice as dense).
 
     In eval mode the bias of each grid size is computed once, without grad, and cached; the
-    cache is dropped by ``train()`` and when a state dict is loaded. Weights changed in place
-    while the module stays in eval mode are not seen until then.
+    cache is dropped by ``train()``, when a state dict is loaded, and by
+    :meth:`clear_bias_cache` (call it after changing ``bias_table`` in place in eval mode).
     """
 
     def __init__(self, num_heads, bias_mode='relative', bias_resolution=7, query_stride=1,
@@ -91,14 +91,18 @@ class BiasedAttention(nn.Module):
         self.bias_table = nn.Parameter(torch.zeros(num_heads, bias_resolution**2))
         self._bias_cache = {}
 
+    def clear_bias_cache(self):
+        """Forgets the cached biases: the next eval forward recomputes them from the table."""
+        self._bias_cache.clear()
+
     def train(self, mode=True):
         if mode:  # weights may change from now on; eval() keeps the cache (and export's constant)
-            self._bias_cache.clear()
+            self.clear_bias_cache()
         return super().train(mode)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        self._bias_cache.clear()
+        self.clear_bias_cache()
         table = state_dict.get(prefix + 'bias_table')
         if table is not None and table.shape != self.bias_table.shape:
             # mmengine's load_from is non-strict and only warns: say what setting the file needs
