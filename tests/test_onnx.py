@@ -89,3 +89,30 @@ def test_v2_semantic_fpn_export(tmp_path):
     session = export_onnx.ort_session(str(path), threads=1)
     assert expected.shape == (1, 150, 32, 40)
     assert max(export_onnx.relative_errors(session, x, [expected])) <= 1e-4
+
+
+@pytest.mark.parametrize('arch,mode', [('l1', 'relative'), ('l1', 'official'),
+                                       ('v2-s0', 'relative'), ('v2-s0', 'official')])
+def test_dynamic_export_right_at_other_sizes(tmp_path, arch, mode):
+    """Exported once at 256x352 with dynamic height / width: onnxruntime equals the deployed
+    PyTorch model at the transposed grid (same token count, other layout) and at another token
+    count, in both bias modes (the bias is computed in the graph from the sizes seen)."""
+    cls, name = export_onnx.ARCHS[arch]
+    model = randomize(cls(name, attn_bias_mode=mode,
+                          attn_bias_resolution=7 if mode == 'relative' else 16), seed=4).eval()
+    path = tmp_path / 'dyn.onnx'
+    export_onnx.export(model, torch.randn(1, 3, 256, 352), str(path), dynamic=True)
+    session = export_onnx.ort_session(str(path), threads=1)
+    for size in [(352, 256), (192, 320)]:
+        x = torch.randn(1, 3, *size)
+        errors = export_onnx.relative_errors(session, x, export_onnx.reference_outputs(model, x))
+        assert max(errors) <= 1e-4, (size, errors)
+
+
+def test_cli_dynamic(tmp_path, capsys):
+    out = tmp_path / 'l1_dyn.onnx'
+    code = export_onnx.main(['--arch', 'l1', '--size', '128', '192', '--out', str(out),
+                             '--runs', '0', '--threads', '1', '--dynamic'])
+    text = capsys.readouterr().out
+    assert code == 0 and 'dynamic batch / height / width' in text
+    assert 'at 192x128 (not the export size)' in text and 'at 96x128' in text

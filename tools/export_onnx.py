@@ -76,19 +76,51 @@ def build_segmentor(config, checkpoint=None):
     return SegmentorLogits(model).eval()
 
 
-def export(model, x, path, opset=17):
-    """Deploys ``model`` (in place) for inputs shaped like ``x`` and writes ONNX to ``path``."""
+def export(model, x, path, opset=17, dynamic=False):
+    """Deploys ``model`` (in place) and writes ONNX to ``path``, traced on ``x``.
+
+    With ``dynamic`` the batch, height and width of the input (and outputs) are dynamic axes and
+    the attention biases are computed in the graph from the sizes seen; without it, shapes are
+    fixed to ``x``'s and the exporter folds the biases into constants. Returns PyTorch's outputs
+    on ``x``."""
     # deploy mode also exports the output GroupNorms precisely (mmef.deploy.DeployedGroupNorm)
     switch_to_deploy_model(model, fuse_others=not isinstance(model, EfficientFormerBase))
     with torch.no_grad():
-        outputs = model(x)  # fills the bias cache for this size: exported as a constant
+        outputs = model(x)
     outputs = [outputs] if torch.is_tensor(outputs) else list(outputs)
+    names = [f'output{i}' for i in range(len(outputs))]
+    axes = None
+    if dynamic:
+        axes = {'input': {0: 'batch', 2: 'height', 3: 'width'},
+                **{n: {0: 'batch', 2: f'{n}_height', 3: f'{n}_width'} for n in names}}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(model, (x, ), path, dynamo=False, opset_version=opset,
-                          input_names=['input'],
-                          output_names=[f'output{i}' for i in range(len(outputs))])
+                          input_names=['input'], output_names=names, dynamic_axes=axes)
+    if not dynamic:
+        fold_constants(path)
     return [o.contiguous() for o in outputs]
+
+
+def fold_constants(path):
+    """Rewrites the ONNX file with every constant subgraph computed (onnxruntime's basic,
+    hardware-independent graph optimisations): with fixed shapes the attention biases (a resize
+    and a gather of the bias tables) become constants in the file."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    tmp = path + '.folded.tmp'
+    options.optimized_model_filepath = tmp
+    ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    os.replace(tmp, path)
+
+
+def reference_outputs(model, x):
+    """PyTorch's outputs of the (deployed) model on ``x``, as a list."""
+    with torch.no_grad():
+        outputs = model(x)
+    return [outputs.contiguous()] if torch.is_tensor(outputs) else [o.contiguous() for o in
+                                                                     outputs]
 
 
 def ort_session(path, threads):
@@ -139,6 +171,12 @@ def parse_args(argv=None):
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--out', required=True, help='ONNX file to write')
     parser.add_argument('--opset', type=int, default=17)
+    parser.add_argument('--dynamic', action='store_true',
+                        help='dynamic batch / height / width; parity is then also checked at '
+                             'the transposed size and at --check-size')
+    parser.add_argument('--check-size', nargs=2, type=int, metavar=('H', 'W'),
+                        help='with --dynamic: another size to check (default: 3/4 of --size, '
+                             'rounded to 32)')
     parser.add_argument('--rtol', type=float, default=1e-4)
     parser.add_argument('--runs', type=int, default=10, help='timed runs (0: no timing)')
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
@@ -158,13 +196,24 @@ def main(argv=None):
     model = (build_segmentor(args.segmentor, args.checkpoint) if args.segmentor
              else build_backbone(args.arch, args.checkpoint))
     x = torch.randn(args.batch, 3, *args.size)
-    reference = export(model, x, args.out, args.opset)
+    reference = export(model, x, args.out, args.opset, dynamic=args.dynamic)
     session = ort_session(args.out, args.threads)
     errors = relative_errors(session, x, reference)
     name = args.segmentor or f'EfficientFormer-{args.arch} backbone'
     print(f'{name}, deployed, input {args.batch}x3x{args.size[0]}x{args.size[1]} -> {args.out} '
-          f'({os.path.getsize(args.out) / 2**20:.1f} MiB)')
+          f'({os.path.getsize(args.out) / 2**20:.1f} MiB'
+          f'{", dynamic batch / height / width" if args.dynamic else ""})')
     print('max relative error per output: ' + ', '.join(f'{e:.1e}' for e in errors))
+    if args.dynamic:
+        h, w = args.size
+        other = args.check_size or [max(32, round(h * 0.75 / 32) * 32),
+                                    max(32, round(w * 0.75 / 32) * 32)]
+        for size in [(w, h), tuple(other)]:
+            xs = torch.randn(args.batch, 3, *size)
+            errs = relative_errors(session, xs, reference_outputs(model, xs))
+            errors += errs
+            print(f'at {size[0]}x{size[1]} (not the export size): max relative error per '
+                  f'output: ' + ', '.join(f'{e:.1e}' for e in errs))
     if args.runs:
         t = latencies(model, session, x, args.runs)
         print(f'latency ({args.threads} threads, median of {args.runs}): PyTorch '

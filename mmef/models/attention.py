@@ -26,20 +26,32 @@ DENSE_BIAS_RESOLUTIONS = {25: 'COCO Mask R-CNN', 16: 'ADE20K Semantic FPN'}
 
 def offset_index(q_hw, k_hw=None, stride=1, device=None):
     """(Nq, Nk) index |stride * qy - ky| * wk + |stride * qx - kx| for every query of a
-    ``q_hw`` grid and key of a ``k_hw`` grid (default: the same grid), both row-major."""
+    ``q_hw`` grid and key of a ``k_hw`` grid (default: the same grid), both row-major.
+
+    Sizes may be traced 0-dim tensors (ONNX export with dynamic shapes): only broadcasting is
+    used, so the index follows the grid actually seen.
+    """
     (hq, wq), (hk, wk) = q_hw, (k_hw or q_hw)
-    qy = torch.arange(hq, device=device).repeat_interleave(wq) * stride
-    qx = torch.arange(wq, device=device).repeat(hq) * stride
-    ky = torch.arange(hk, device=device).repeat_interleave(wk)
-    kx = torch.arange(wk, device=device).repeat(hk)
-    return (qy[:, None] - ky[None, :]).abs() * wk + (qx[:, None] - kx[None, :]).abs()
+    qy, qx = _grid(hq, wq, device)
+    ky, kx = _grid(hk, wk, device)
+    return (qy[:, None] * stride - ky[None, :]).abs() * wk + \
+        (qx[:, None] * stride - kx[None, :]).abs()
+
+
+def _grid(h, w, device):
+    """Row and column of every position of an h x w grid, row-major, as two flat vectors."""
+    ys = torch.arange(h, device=device)[:, None]
+    xs = torch.arange(w, device=device)[None, :]
+    return (ys + 0 * xs).reshape(-1), (xs + 0 * ys).reshape(-1)
 
 
 def resize_table(table, resolution, hw):
-    """Resizes an (heads, R*R) offset table as an R x R image (bicubic) to (heads, h*w), float32."""
+    """Resizes an (heads, R*R) offset table as an R x R image (bicubic) to (heads, h*w), float32.
+
+    Traced sizes (tensors) always go through the resize, which is exact at R x R."""
     h, w = hw
     grid = table.float().reshape(1, -1, resolution, resolution)
-    if (h, w) != (resolution, resolution):
+    if torch.is_tensor(h) or torch.is_tensor(w) or (h, w) != (resolution, resolution):
         grid = F.interpolate(grid, size=(h, w), mode='bicubic', align_corners=False)
     return grid.flatten(2)[0]
 
@@ -125,11 +137,13 @@ class BiasedAttention(nn.Module):
 
     def attn_bias(self, q_hw, k_hw=None):
         """(heads, Nq, Nk) bias for queries on a ``q_hw`` grid and keys on ``k_hw`` (default: the
-        same grid). Differentiable in training; cached per grid size in eval mode."""
+        same grid). Differentiable in training; cached per grid size in eval mode. When traced
+        (ONNX export), the sizes are tensors and the bias is computed in the graph from them,
+        so an export with dynamic shapes is right at every size; with fixed shapes the exporter
+        folds it into a constant."""
         k_hw = k_hw or q_hw
-        if self.training:
+        if self.training or any(torch.is_tensor(v) for v in (*q_hw, *k_hw)):
             return self._compute_bias(q_hw, k_hw)
-        # plain ints: traced (ONNX export) sizes are tensors
         q_hw, k_hw = tuple(int(v) for v in q_hw), tuple(int(v) for v in k_hw)
         key = (q_hw, k_hw, self.bias_table.device)
         if key not in self._bias_cache:
@@ -179,5 +193,7 @@ class Attention(BiasedAttention):
     def forward(self, x, hw):
         q, k, v = self.project_qkv(x)
         bias = self.attn_bias(hw).to(q.dtype)
-        return self.merge_heads(
-            F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale))
+        # the scale is applied to q and SDPA's own scale set to 1: mmdeploy's rewrite of SDPA
+        # reads `scale` as a divisor, torch as a multiplier; 1 means the same to both
+        return self.merge_heads(F.scaled_dot_product_attention(q * self.scale, k, v,
+                                                               attn_mask=bias, scale=1.0))
