@@ -34,7 +34,8 @@ from mmcv.cnn import fuse_conv_bn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .models.base import EfficientFormerBase
-from .models.efficientformer_v2 import FFN, AttnFFN
+from .registry import DEPLOYERS
+from .models.efficientformer_v2 import FFN, AttnDownsample, AttnFFN, Attention4D, _heads
 from .models.layers import MB3D, MB4D, ConvNorm, DropPath, LayerScale
 
 
@@ -153,9 +154,11 @@ class DeployedV2Block(_InferenceOnly):
 
     def __init__(self, block):
         super().__init__()
-        self.attn = getattr(block, 'attn', None)
-        if self.attn is not None:
-            fold_output_scale(self.attn.proj, _layer_scale(block.ls1))
+        attn = getattr(block, 'attn', None)
+        if attn is not None:
+            fold_output_scale(attn.proj, _layer_scale(block.ls1))
+            attn = DeployedAttention4D(attn)
+        self.attn = attn
         mlp = block.mlp
         self.fc1, self.mid, self.fc2 = mlp.fc1, mlp.mid, mlp.fc2  # BN already folded
         self.act = _exact_gelu(mlp.act)
@@ -170,6 +173,114 @@ class DeployedV2Block(_InferenceOnly):
             x = self.attn(x).add_(x)
         h = torch.ops.aten.gelu_(self.mid(torch.ops.aten.gelu_(self.fc1(x))))
         return self.fc2(h).add_(x)
+
+
+class _BiasConstants:
+    """Per-grid cache of a deploy module's bias-derived constants (eval, not traced; traced
+    sizes are tensors and the constants are then computed in the graph)."""
+
+    def __init__(self, compute):
+        self.compute, self.cache = compute, {}
+
+    def __call__(self, *sizes):
+        if any(torch.is_tensor(v) for hw in sizes for v in hw):
+            return self.compute(*sizes)
+        key = tuple(tuple(int(v) for v in hw) for hw in sizes)
+        if key not in self.cache:
+            with torch.no_grad():
+                self.cache[key] = self.compute(*key)
+        return self.cache[key]
+
+
+def _fold_query_scale(attn):
+    """Moves the attention's logit scale into the query projection (exact): q' = scale * q."""
+    fold_output_scale(attn.q, torch.full((attn.q.out_channels, ), attn.scale,
+                                         device=attn.q.weight.device))
+
+
+class DeployedAttention4D(_InferenceOnly):
+    """V2's :class:`Attention4D` with the logit scale folded into the query conv, and the first
+    talking head folded with the bias: ``W1 (S + B) + b1 = W1 S + C`` with the constant
+    ``C = W1 B + b1`` computed once per grid size. On CPU without autograd or tracing, each
+    sample's (heads, N, N) logits live in two buffers, the talking heads run as matrix products
+    over the heads and the softmax in place."""
+
+    def __init__(self, attn):
+        super().__init__()
+        _fold_query_scale(attn)
+        self.attn = attn.eval()
+        self.head_bias = _BiasConstants(self._head_bias)
+
+    def _head_bias(self, hw):
+        w1 = self.attn.talking_head1.weight.flatten(1)
+        bias = self.attn.attn_bias(hw).to(w1.dtype)
+        mixed = torch.matmul(w1, bias.flatten(1)).view(bias.shape)  # (matmul: ONNX opset 11)
+        return mixed + self.attn.talking_head1.bias.view(-1, 1, 1)
+
+    def forward(self, x):
+        a = self.attn
+        size = x.shape[-2:]
+        if a.stride_conv is not None:
+            x = a.stride_conv(x)
+        b, _, h, w = x.shape
+        heads = a.num_heads
+        q, k = _heads(a.q(x), heads), _heads(a.k(x), heads)
+        v = a.v(x)
+        v_local = a.v_local(v)
+        v = _heads(v, heads)
+        const = self.head_bias((h, w)).to(q.dtype)
+        w1 = a.talking_head1.weight.flatten(1).to(q.dtype)
+        w2, b2 = a.talking_head2.weight.flatten(1).to(q.dtype), a.talking_head2.bias.to(q.dtype)
+        if _use_inplace_attention(x):
+            n = h * w
+            out = q.new_empty(q.shape[:-1] + v.shape[-1:])
+            for i in range(b):
+                logits = torch.bmm(q[i], k[i].transpose(1, 2)).view(heads, -1)
+                mixed = torch.addmm(const.view(heads, -1), w1, logits)
+                torch.softmax(mixed.view(heads, n, n), -1, out=mixed.view(heads, n, n))
+                torch.addmm(b2[:, None], w2, mixed, out=logits)
+                torch.bmm(logits.view(heads, n, n), v[i], out=out[i])
+        else:
+            logits = q @ k.transpose(-2, -1)
+            shape = logits.shape
+            logits = torch.matmul(w1, logits.flatten(2)).view(shape) + const
+            attn = torch.matmul(w2, logits.softmax(-1).flatten(2)).view(shape) + b2.view(-1, 1, 1)
+            out = attn @ v
+        out = out.transpose(-2, -1).reshape(b, -1, h, w) + v_local
+        if a.stride_conv is not None:
+            out = F.interpolate(out, size=size, mode='bilinear', align_corners=False)
+        return a.proj(a.act(out))
+
+
+class DeployedAttention4DDownsample(_InferenceOnly):
+    """V2's downsampling attention with the logit scale folded into the query conv; on CPU
+    without autograd or tracing the bias is added by the GEMM and the softmax runs in place."""
+
+    def __init__(self, attn):
+        super().__init__()
+        _fold_query_scale(attn)
+        self.attn = attn.eval()
+
+    def forward(self, x):
+        a = self.attn
+        b, _, h, w = x.shape
+        q = a.q(a.q_local(x) + x[:, :, ::2, ::2])
+        hq, wq = q.shape[-2:]
+        q, k = _heads(q, a.num_heads), _heads(a.k(x), a.num_heads)
+        v = a.v(x)
+        v_local = a.v_local(v)
+        v = _heads(v, a.num_heads)
+        bias = a.attn_bias((hq, wq), (h, w)).to(q.dtype)
+        if _use_inplace_attention(x):
+            out = q.new_empty(q.shape[:-1] + v.shape[-1:])
+            for i in range(b):
+                logits = torch.baddbmm(bias, q[i], k[i].transpose(1, 2))
+                torch.softmax(logits, -1, out=logits)
+                torch.bmm(logits, v[i], out=out[i])
+        else:
+            out = (q @ k.transpose(-2, -1) + bias).softmax(-1) @ v
+        out = out.transpose(-2, -1).reshape(b, -1, hq, wq) + v_local
+        return a.proj(a.act(out))
 
 
 class DeployedAttention(_InferenceOnly):
@@ -264,7 +375,7 @@ class DeployedGroupNorm(_InferenceOnly):
 
 
 _DEPLOY_MODULES = (DeployedMB4D, DeployedMB3D, DeployedAttention, DeployedGroupNorm,
-                   DeployedV2Block)
+                   DeployedV2Block, DeployedAttention4D, DeployedAttention4DDownsample)
 
 
 def is_deployed(backbone):
@@ -272,6 +383,7 @@ def is_deployed(backbone):
     return any(isinstance(m, _DEPLOY_MODULES) for m in backbone.modules())
 
 
+@DEPLOYERS.register_module(name='switch_to_deploy')
 def switch_to_deploy(backbone, input_size=None, channels_last=True, fused_mixer=True):
     """Rewrites an EfficientFormer (V1 or V2) in place for inference (see the module docstring).
 
@@ -295,6 +407,9 @@ def switch_to_deploy(backbone, input_size=None, channels_last=True, fused_mixer=
     if not is_deployed(backbone):
         _rewrite(backbone, channels_last, fused_mixer)
         training = (_BatchNorm, DropPath, LayerScale, ConvNorm, MB4D, MB3D, FFN, AttnFFN)
+        wrapped = {id(m.attn) for m in backbone.modules()
+                   if isinstance(m, (DeployedAttention4D, DeployedAttention4DDownsample))}
+        assert all(id(m) in wrapped for m in backbone.modules() if isinstance(m, Attention4D))
         leftovers = [type(m).__name__ for m in backbone.modules() if isinstance(m, training)]
         if leftovers:
             raise RuntimeError(f'switch_to_deploy left training modules behind: {leftovers}')
@@ -326,6 +441,8 @@ def _rewrite(backbone, channels_last, fused_mixer):
                 stage.blocks[i] = DeployedV2Block(block)
         for i, block in enumerate(getattr(stage, 'attn_blocks', ())):
             stage.attn_blocks[i] = DeployedMB3D(block)
+        if isinstance(stage.downsample, AttnDownsample):
+            stage.downsample.attn = DeployedAttention4DDownsample(stage.downsample.attn)
     for i in backbone.out_indices:
         name = f'norm{i}'
         if hasattr(backbone, name):

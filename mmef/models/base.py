@@ -6,7 +6,7 @@ import torch.nn as nn
 from mmengine.model import BaseModule, initialize
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..registry import WEIGHT_INITIALIZERS
+from ..registry import DEPLOYERS, WEIGHT_INITIALIZERS
 from .attention import BIAS_MODES
 
 
@@ -119,6 +119,11 @@ class EfficientFormerBase(BaseModule):
             module.eval()
             for param in module.parameters():
                 param.requires_grad = False
+
+    def switch_to_deploy(self, input_size=None):
+        """Rewrites this backbone in place for inference: :func:`mmef.deploy.switch_to_deploy`
+        (found through the registry; mmdeploy calls this method before exporting)."""
+        return DEPLOYERS.get('switch_to_deploy')(self, input_size=input_size)
 
     def train(self, mode=True):
         super().train(mode)

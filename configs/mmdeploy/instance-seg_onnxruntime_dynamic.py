@@ -1,0 +1,34 @@
+# mmdeploy: Mask R-CNN (any mmdet instance-segmentation model) to ONNX Runtime, dynamic batch /
+# height / width. The pip package of mmdeploy ships no deploy configs; this one is written for
+# mmef's models and tools/deploy.py (which imports mmef.mmdeploy_compat). Outputs: dets
+# (x1, y1, x2, y2, score), labels, masks (per detection, at the RoI head's 28x28 resolution).
+onnx_config = dict(
+    type='onnx',
+    export_params=True,
+    keep_initializers_as_inputs=False,
+    opset_version=11,
+    save_file='end2end.onnx',
+    input_names=['input'],
+    output_names=['dets', 'labels', 'masks'],
+    input_shape=None,
+    optimize=False,
+    dynamic_axes={
+        'input': {0: 'batch', 2: 'height', 3: 'width'},
+        'dets': {0: 'batch', 1: 'num_dets'},
+        'labels': {0: 'batch', 1: 'num_dets'},
+        'masks': {0: 'batch', 1: 'num_dets', 2: 'height', 3: 'width'},
+    })
+codebase_config = dict(
+    type='mmdet',
+    task='ObjectDetection',
+    model_type='end2end',
+    post_processing=dict(
+        score_threshold=0.05,
+        confidence_threshold=0.005,
+        iou_threshold=0.5,
+        max_output_boxes_per_class=200,
+        pre_top_k=5000,
+        keep_top_k=100,
+        background_label_id=-1,
+        export_postprocess_mask=False))
+backend_config = dict(type='onnxruntime')

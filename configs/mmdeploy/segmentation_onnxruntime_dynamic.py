@@ -1,0 +1,25 @@
+# mmdeploy: Semantic FPN (any mmseg segmentor) to ONNX Runtime, dynamic batch / height / width.
+# The pip package of mmdeploy ships no deploy configs; this one is written for mmef's models and
+# tools/deploy.py (which imports mmef.mmdeploy_compat). Output: logits at the input size.
+onnx_config = dict(
+    type='onnx',
+    export_params=True,
+    keep_initializers_as_inputs=False,
+    opset_version=11,
+    save_file='end2end.onnx',
+    input_names=['input'],
+    output_names=['output'],
+    input_shape=None,
+    optimize=False,
+    dynamic_axes={
+        'input': {0: 'batch', 2: 'height', 3: 'width'},
+        'output': {0: 'batch', 2: 'height', 3: 'width'},
+    })
+codebase_config = dict(
+    type='mmseg',
+    task='Segmentation',
+    with_argmax=False,
+    # mmef's backend model: crops the test-time padding off the logits before resizing them to
+    # the original image (mmdeploy's 'end2end' resizes the padded logits)
+    model_type='mmef_end2end')
+backend_config = dict(type='onnxruntime')
