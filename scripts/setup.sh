@@ -26,7 +26,7 @@ if [ ! -x "$PY" ]; then
     python3 -m venv "$VENV"
 fi
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$PY" -c 'import mmcv.ops, mmdet, mmseg, mmef' 2>/dev/null; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$PY" -c 'import mmcv.ops, mmdet, mmseg, mmef, mmdeploy' 2>/dev/null; then
     log "environment up to date ($VENV)"
     exit 0
 fi
@@ -41,6 +41,8 @@ fi
 
 log "installing build requirements and pinned dependencies"
 "${PIP[@]}" install -r requirements/build.txt -r requirements/runtime.txt -r requirements/tests.txt
+# without its dependency pins (protobuf<=3.20.2 clashes with onnxruntime): see the file
+"${PIP[@]}" install --no-deps -r requirements/deploy.txt
 
 if ! "$PY" -c 'import mmcv, mmcv.ops; assert mmcv.__version__ == "2.1.0"' 2>/dev/null; then
     # mmcv-lite / the PyPI sdist built in isolation have no ops; Mask R-CNN needs RoIAlign and NMS.

@@ -3,6 +3,7 @@ with dynamic shapes (tools/deploy.py, configs/mmdeploy/, mmef.mmdeploy_compat); 
 PyTorch at two shapes other than the export shape, one of them the transposed grid. Weights are
 random with O(1) layer scales, random BN statistics and bias tables, so that a wrong attention
 scale, a frozen bias or a frozen upsample size cannot hide."""
+import copy
 import os.path as osp
 
 import cv2
@@ -44,6 +45,14 @@ def _model_and_checkpoint(config, tmp_path, seed):
         model = revert_sync_batchnorm(MODELS.build(cfg.model))
     model.init_weights()
     randomize(model.backbone, seed=seed)
+    if cfg.default_scope == 'mmdet':
+        # zero box regression: proposals are the anchors and detections the proposals, so that
+        # random heads still give boxes of real size (degenerate boxes make masks meaningless)
+        for layer in (model.rpn_head.rpn_reg, model.roi_head.bbox_head.fc_reg):
+            torch.nn.init.zeros_(layer.weight)
+            torch.nn.init.zeros_(layer.bias)
+        with torch.no_grad():  # and class 0 above the score threshold (scores still vary)
+            model.roi_head.bbox_head.fc_cls.bias[0] += 5.
     model.eval()
     ckpt = str(tmp_path / 'model.pth')
     torch.save({'state_dict': model.state_dict(), 'meta': {}}, ckpt)
@@ -72,3 +81,49 @@ def test_semantic_fpn_dynamic_onnxruntime(arch, tmp_path):
         out = session.run(None, {'input': x.numpy()})[0]
         assert out.shape == tuple(ref.shape) == (1, 150, *size)
         assert rel(out, ref.numpy()) <= 1e-4, size
+
+
+def _rewritten_pytorch(model, x):
+    """What the exported graph computes, in PyTorch: mmdeploy's rewritten model run inside its
+    rewriter context (dets and labels; its eager mask path is not the exported one)."""
+    from mmdeploy.core import RewriterContext, patch_model
+    from mmdeploy.utils import load_config
+    from mmdet.structures import DetDataSample
+    deploy_cfg = load_config(DEPLOY_DET)[0]
+    size = tuple(x.shape[-2:])
+    sample = DetDataSample(metainfo=dict(img_shape=size, ori_shape=size, pad_shape=size,
+                                         batch_input_shape=size, scale_factor=(1., 1.)))
+    patched = patch_model(copy.deepcopy(model), cfg=deploy_cfg, backend='onnxruntime')
+    with RewriterContext(cfg=deploy_cfg, backend='onnxruntime', opset=11), torch.no_grad():
+        dets, labels, _ = patched(x, [sample], mode='predict')
+    return dets.numpy(), labels.numpy()
+
+
+def _mask_probabilities(model, x, boxes, labels):
+    """mmdet's own RoI extractor and mask head on the given boxes: (K, 28, 28) probabilities."""
+    with torch.no_grad():
+        feats = model.extract_feat(x)
+        extractor = model.roi_head.mask_roi_extractor
+        rois = torch.cat([torch.zeros(len(boxes), 1), torch.from_numpy(boxes)], dim=1)
+        logits = model.roi_head.mask_head(extractor(feats[:extractor.num_inputs], rois))
+        return logits[torch.arange(len(boxes)), torch.from_numpy(labels)].sigmoid().numpy()
+
+
+@pytest.mark.parametrize('arch', sorted(DET))
+def test_mask_rcnn_dynamic_onnxruntime(arch, tmp_path):
+    cfg, model, ckpt, image = _model_and_checkpoint(DET[arch], tmp_path, seed=7)
+    path = deploy_tool.main([DEPLOY_DET, osp.join(ROOT, DET[arch]), ckpt, image, '--work-dir',
+                             str(tmp_path / 'onnx')])
+    session = _session(path)
+    for size in OTHER_SIZES:
+        x = torch.randn(1, 3, *size)
+        dets, labels, masks = session.run(None, {'input': x.numpy()})
+        ref_dets, ref_labels = _rewritten_pytorch(model, x)
+        assert dets.shape == ref_dets.shape and dets.shape[1] > 0, (dets.shape, ref_dets.shape)
+        top = min(20, dets.shape[1])  # the highest-scoring detections, sorted by score
+        sides = dets[0, :top, 2:4] - dets[0, :top, :2]
+        assert (sides > 8).all(), dets[0, :top]  # real boxes (anchors of 32 px and up)
+        np.testing.assert_array_equal(labels[0, :top], ref_labels[0, :top])
+        np.testing.assert_allclose(dets[0, :top], ref_dets[0, :top], rtol=1e-3, atol=1e-2)
+        ref_masks = _mask_probabilities(model, x, ref_dets[0, :top, :4], ref_labels[0, :top])
+        assert np.abs(masks[0, :top] - ref_masks).max() <= 1e-3
