@@ -182,8 +182,10 @@ def test_benchmark_tool_runs(capsys):
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
     benchmark.main(['backbone', '--size', '64', '96', '--runs', '2', '--warmup', '1',
-                    '--threads', '1', '--models', 'l1', 'l1-fold', 'l1-deploy', '--ref', 'l1'])
+                    '--threads', '1', '--models', 'l1', 'l1-fold', 'l1-deploy', 'l1-deploy:bf16',
+                    'l1-deploy:autocast-bf16', 'l1-deploy:ort', 'v2s0-deploy', '--ref', 'l1'])
     out = capsys.readouterr().out
     assert '| l1-deploy |' in out and 'l1-deploy / l1 = ' in out
+    assert '| l1-deploy:bf16 |' in out and 'l1-deploy:ort / l1-deploy = ' in out
     with pytest.raises(SystemExit):
         benchmark.parse_args(['train', '--models', 'l1-deploy'])

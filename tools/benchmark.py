@@ -28,6 +28,8 @@ scales folded, NCHW, out-of-place MB4D), l1-fold-cl (+ channels_last); l1-deploy
 lerp / in-place MB4D forward.
 EfficientFormerV2: v2s0 v2s1 v2s2 v2l (unfused eval), -deploy, -original (the original dense
 code's arithmetic: official bias of the COCO files recomputed on every forward, unfused).
+Suffixes (backbone task): NAME:bf16 (bfloat16 weights and input), NAME:autocast-bf16 (CPU bf16
+autocast), NAME:ort (exported to ONNX at --size and run in onnxruntime), e.g. l1-deploy:bf16.
 Whole-model tasks: l1, l1-deploy, l3, l3-deploy, ..., r50 (mmdet / mmseg R-50 configs).
 
 Example:
@@ -228,20 +230,59 @@ def whole_inputs(task, size, batch):
 
 
 # ----------------------------------------------------------------------------- runners
+# backbone name suffixes: precision / runtime of the same model
+PRECISIONS = (':bf16', ':autocast-bf16', ':ort')
+
+
+def backbone_runner(name, size, batch, device, fp16):
+    """``NAME`` (fp32 PyTorch), ``NAME:bf16`` (bfloat16 weights and input),
+    ``NAME:autocast-bf16`` (fp32 weights under CPU bf16 autocast), ``NAME:ort`` (the model
+    exported to ONNX at this size, run in onnxruntime with the same thread count)."""
+    base, _, precision = name.partition(':')
+    if precision and f':{precision}' not in PRECISIONS:
+        raise ValueError(f'unknown suffix {precision!r} in {name!r}; choose from {PRECISIONS}')
+    model = build_backbone(base).to(device)
+    x = torch.randn(batch, 3, *size, device=device)
+    if fp16:
+        model, x = model.half(), x.half()
+    if precision == 'bf16':
+        model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
+    if precision == 'ort':
+        return onnxruntime_runner(model, x)
+    autocast = precision == 'autocast-bf16'
+
+    def run():
+        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16,
+                                                    enabled=autocast):
+            model(x)
+    return run
+
+
+def onnxruntime_runner(model, x):
+    import tempfile
+
+    import onnxruntime as ort
+    path = os.path.join(tempfile.mkdtemp(), 'model.onnx')
+    with torch.no_grad():
+        torch.onnx.export(model, (x, ), path, dynamo=False, opset_version=17,
+                          input_names=['input'])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    feed = {'input': x.cpu().numpy()}
+
+    def run():
+        session.run(None, feed)
+    return run
+
+
 def make_runner(task, name, size, batch, device, fp16):
     """Returns a zero-argument callable doing one timed unit of work."""
     if task == 'attention':
         return attention_runner(name, size, batch, device)
     if task == 'backbone':
-        model = build_backbone(name).to(device)
-        x = torch.randn(batch, 3, *size, device=device)
-        if fp16:
-            model, x = model.half(), x.half()
-
-        def run():
-            with torch.inference_mode():
-                model(x)
-        return run
+        return backbone_runner(name, size, batch, device, fp16)
     model = build_whole(task, name).to(device)
     inputs, samples = whole_inputs(task, size, batch)
     inputs, samples = inputs.to(device), [s.to(device) for s in samples]
@@ -377,6 +418,8 @@ def report(args, times, memory):
     pairs += [(f'{a}-deploy', a) for a in ('l1', 'l3', 'l7')]
     pairs += [(f'{a}-deploy', f'{a}-original') for a in ('v2s0', 'v2s1', 'v2s2', 'v2l')]
     pairs += [('v2s2-deploy', 'l1-deploy'), ('v2s2-deploy', 'l3-deploy')]
+    pairs += [(f'{a}{p}', a) for a in ('l1-deploy', 'l3-deploy', 'v2s0-deploy', 'v2s2-deploy')
+              for p in PRECISIONS]
     lines = [f'{a} / {b} = {statistics.median(times[a]) / statistics.median(times[b]):.2f}'
              for a, b in pairs if a in times and b in times]
     if lines:
