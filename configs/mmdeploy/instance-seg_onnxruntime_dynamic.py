@@ -2,16 +2,10 @@
 # height / width. The pip package of mmdeploy ships no deploy configs; this one is written for
 # mmef's models and tools/deploy.py (which imports mmef.mmdeploy_compat). Outputs: dets
 # (x1, y1, x2, y2, score), labels, masks (per detection, at the RoI head's 28x28 resolution).
+_base_ = ['./_base_/onnxruntime.py']
+
 onnx_config = dict(
-    type='onnx',
-    export_params=True,
-    keep_initializers_as_inputs=False,
-    opset_version=11,
-    save_file='end2end.onnx',
-    input_names=['input'],
     output_names=['dets', 'labels', 'masks'],
-    input_shape=None,
-    optimize=False,
     dynamic_axes={
         'input': {0: 'batch', 2: 'height', 3: 'width'},
         'dets': {0: 'batch', 1: 'num_dets'},
@@ -31,4 +25,3 @@ codebase_config = dict(
         keep_top_k=100,
         background_label_id=-1,
         export_postprocess_mask=False))
-backend_config = dict(type='onnxruntime')

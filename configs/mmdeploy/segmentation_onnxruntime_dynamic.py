@@ -1,16 +1,10 @@
 # mmdeploy: Semantic FPN (any mmseg segmentor) to ONNX Runtime, dynamic batch / height / width.
 # The pip package of mmdeploy ships no deploy configs; this one is written for mmef's models and
 # tools/deploy.py (which imports mmef.mmdeploy_compat). Output: logits at the input size.
+_base_ = ['./_base_/onnxruntime.py']
+
 onnx_config = dict(
-    type='onnx',
-    export_params=True,
-    keep_initializers_as_inputs=False,
-    opset_version=11,
-    save_file='end2end.onnx',
-    input_names=['input'],
     output_names=['output'],
-    input_shape=None,
-    optimize=False,
     dynamic_axes={
         'input': {0: 'batch', 2: 'height', 3: 'width'},
         'output': {0: 'batch', 2: 'height', 3: 'width'},
@@ -22,4 +16,3 @@ codebase_config = dict(
     # mmef's backend model: crops the test-time padding off the logits before resizing them to
     # the original image (mmdeploy's 'end2end' resizes the padded logits)
     model_type='mmef_end2end')
-backend_config = dict(type='onnxruntime')
