@@ -71,3 +71,18 @@ def test_demo_main(monkeypatch, tmp_path, capsys):
     # the same settings reuse the data; without --strict a miss is not an error
     assert demo.main(['--only', 'seg', '--threads', threads]) == 0
     assert 'up to date' in capsys.readouterr().out
+
+
+def test_demo_trains_v2(monkeypatch, tmp_path, capsys):
+    """--arch v2-s0: the same demo with an EfficientFormerV2 backbone (two iterations)."""
+    monkeypatch.chdir(tmp_path)
+    seg = _tiny_task(monkeypatch, tmp_path, 'seg', SEG_DEMO,
+                     lambda root: seg_options(root, iters=2),
+                     dict(fn='make_ade_scenes', num_train=4, num_val=2, size=(64, 96)))
+    threads = str(torch.get_num_threads())
+    assert demo.main(['--only', 'seg', '--arch', 'v2-s0', '--threads', threads]) == 0
+    out = capsys.readouterr().out
+    assert '(v2-s0): trained + evaluated' in out
+    ckpt = torch.load(osp.join(seg['work_dir'] + '_v2-s0', 'iter_2.pth'), map_location='cpu')
+    assert 'backbone.stages.3.downsample.attn.bias_table' in ckpt['state_dict']
+    assert cv2.imread(seg['picture'][:-4] + '_v2-s0.jpg') is not None

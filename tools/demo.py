@@ -11,7 +11,11 @@
    predictions on validation images to outputs/demo/;
 4. prints the metrics next to the targets (box AP50 >= 0.5, mask AP50 >= 0.4, mIoU >= 0.6).
 
-Usage: python tools/demo.py [--only det|seg] [--threads 2] [--seed 0] [--strict]
+Usage: python tools/demo.py [--only det|seg] [--threads 2] [--seed 0] [--strict] [--arch v2-s0]
+
+``--arch`` trains another backbone with the same recipe: 'l1' (default, the configs as they are),
+'l3', 'l7', or EfficientFormerV2 'v2-s0', 'v2-s1', 'v2-s2', 'v2-l' (from scratch, so its
+BatchNorms train: norm_eval off). The measured targets are for L1.
 """
 import argparse
 import glob
@@ -74,11 +78,31 @@ def make_data(task, seed):
     print(f'[demo] wrote {root} in {time.time() - t0:.1f} s')
 
 
-def train(task, seed):
+def backbone_setting(arch):
+    """The ``model.backbone`` and neck ``in_channels`` overrides for ``--arch``."""
+    from mmef.models import EfficientFormer, EfficientFormerV2
+    cls, name = (EfficientFormerV2, arch[3:]) if arch.startswith('v2-') else \
+        (EfficientFormer, arch)
+    if name not in cls.arch_settings:
+        raise ValueError(f'--arch {arch!r}: choose from {ARCHS}')
+    backbone = dict(_delete_=True, type=cls.__name__, arch=name, out_indices=(0, 1, 2, 3),
+                    init_cfg=None)
+    return backbone, list(cls.arch_settings[name]['widths'])
+
+
+ARCHS = ('l1', 'l3', 'l7', 'v2-s0', 'v2-s1', 'v2-s2', 'v2-l')
+
+
+def train(task, seed, arch='l1'):
     """Trains and validates the task's demo config; returns (metrics, checkpoint, seconds)."""
     from mmef.engine import build_runner, load_config
     cfg, _ = load_config(TASKS[task]['config'])
-    cfg.work_dir = TASKS[task]['work_dir']
+    if arch != 'l1':
+        backbone, widths = backbone_setting(arch)
+        cfg.merge_from_dict(dict(model=dict(backbone=backbone, neck=dict(in_channels=widths))))
+        cfg.work_dir = TASKS[task]['work_dir'] + f'_{arch}'
+    else:
+        cfg.work_dir = TASKS[task]['work_dir']
     cfg.randomness = dict(seed=seed)
     t0 = time.time()
     runner = build_runner(cfg)
@@ -94,13 +118,13 @@ def train(task, seed):
         metrics[key] = float(scalar.current())
     with open(osp.join(cfg.work_dir, 'last_checkpoint')) as f:
         checkpoint = f.read().strip()
-    return metrics, checkpoint, seconds
+    return metrics, checkpoint, seconds, cfg
 
 
-def picture(task, checkpoint, num_images=6):
+def picture(task, checkpoint, num_images=6, cfg=None, arch='l1'):
     """Predictions of the saved checkpoint (public inference API) on validation images."""
     from mmef.engine import build_inferencer, draw_prediction
-    inferencer, scope = build_inferencer(TASKS[task]['config'], checkpoint, 'cpu')
+    inferencer, scope = build_inferencer(cfg or TASKS[task]['config'], checkpoint, 'cpu')
     pattern = osp.join(TASKS[task]['data'], TASKS[task]['val_images'])
     images = sorted(glob.glob(pattern))
     if not images:
@@ -115,6 +139,8 @@ def picture(task, checkpoint, num_images=6):
     tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % cols)  # fill the last row
     rows = [np.hstack(tiles[i:i + cols]) for i in range(0, len(tiles), cols)]
     path = TASKS[task]['picture']
+    if arch != 'l1':  # next to the L1 picture, not over it
+        path = f'{osp.splitext(path)[0]}_{arch}.jpg'
     os.makedirs(osp.dirname(path), exist_ok=True)
     cv2.imwrite(path, np.vstack(rows))
     return path
@@ -127,6 +153,8 @@ def main(argv=None):
     parser.add_argument('--seed', type=int, default=0, help='data and training seed')
     parser.add_argument('--strict', action='store_true',
                         help='exit with status 1 when a metric misses its target')
+    parser.add_argument('--arch', default='l1', choices=ARCHS,
+                        help='backbone to train (default l1: the demo configs as they are)')
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # the demo configs use paths relative to the repository
     torch.set_num_threads(args.threads)
@@ -134,15 +162,15 @@ def main(argv=None):
     report = []
     for task in ([args.only] if args.only else ['det', 'seg']):
         make_data(task, args.seed)
-        metrics, checkpoint, seconds = train(task, args.seed)
-        path = picture(task, checkpoint)
+        metrics, checkpoint, seconds, cfg = train(task, args.seed, args.arch)
+        path = picture(task, checkpoint, cfg=cfg, arch=args.arch)
         report.append((task, metrics, seconds, path))
     total = time.time() - start
     print('\n[demo] results (computed on the synthetic validation sets)')
     missed = 0
     for task, metrics, seconds, path in report:
-        print(f'  {osp.basename(TASKS[task]["config"])}: trained + evaluated in {seconds:.0f} s, '
-              f'predictions: {path}')
+        print(f'  {osp.basename(TASKS[task]["config"])} ({args.arch}): trained + evaluated in '
+              f'{seconds:.0f} s, predictions: {path}')
         for name, key, scale, target in TASKS[task]['metrics']:
             value = metrics[key] * scale
             verdict = '' if target is None else \
