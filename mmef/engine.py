@@ -7,6 +7,7 @@ unsupported codebase, a ``--work-dir`` that is a file, ``--resume`` with nothing
 machine (torchrun + gloo), which mmengine's launcher does not do by itself.
 """
 import glob
+import inspect
 import os.path as osp
 import re
 
@@ -124,9 +125,12 @@ def check_feature_channels(cfg):
     from mmengine.registry import MODELS
     import mmef  # noqa: F401  (registers the backbones)
     cls = MODELS.get(backbone['type'])
+    defaults = inspect.signature(cls).parameters
+    name = backbone.get('arch', defaults['arch'].default)
     try:
-        arch = cls.parse_arch(backbone.get('arch', 'l1'))
-        indices = cls.parse_out_indices(backbone.get('out_indices', (0, 1, 2, 3)))
+        arch = cls.parse_arch(name)
+        indices = cls.parse_out_indices(backbone.get('out_indices',
+                                                     defaults['out_indices'].default))
     except ValueError as err:
         raise ValueError(f'model.backbone: {err}') from None
     channels = [arch['widths'][i] for i in indices]
@@ -146,7 +150,7 @@ def check_feature_channels(cfg):
     if got != wanted:
         raise ValueError(
             f'{key}.in_channels={wanted} does not match the EfficientFormer backbone, which '
-            f'outputs {channels} channels (arch {backbone.get("arch", "l1")!r}, out_indices '
+            f'outputs {channels} channels (arch {name!r}, out_indices '
             f'{indices}); set {key}.in_channels={got} or '
             f'change model.backbone.out_indices')
 
