@@ -14,6 +14,11 @@ only, the backbone's training modules with the plain modules below:
   affines folded into the linear layer that reads them (``attn.qkv``, ``mlp.fc1``);
 * :class:`DeployedAttention`: the attention bias of each grid size computed once and cached;
   CPU inference adds the bias inside the GEMM and does the softmax in place;
+* V2: :class:`DeployedV2Block` (``ls1`` / ``ls2`` folded into the attention's output conv and
+  ``mlp.fc2``, GELU in place), :class:`DeployedAttention4D` (logit scale folded into the query
+  conv, the first talking head folded with the bias into one constant per grid size, talking
+  heads as matrix products over the heads, softmax in place) and
+  :class:`DeployedAttention4DDownsample`;
 * :class:`DeployedGroupNorm` for the outputs: returns contiguous NCHW maps (mmcv 2.1.0's CPU
   RoIAlign reads raw memory and gives wrong values on channels_last maps) and exports to ONNX
   as a two-level reduction (see its docstring);
