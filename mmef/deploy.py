@@ -489,3 +489,36 @@ def switch_to_deploy_model(model, fuse_others=False):
     if fuse_others:
         fuse_conv_bn(model)
     return model
+
+
+def export_onnx(model, x, path, opset=17, dynamic=False):
+    """Writes ``model`` (deploy it first) to ONNX at ``path``, traced on ``x`` with torch's
+    TorchScript exporter (``dynamo=False``: the dynamo exporter needs onnxscript).
+
+    With ``dynamic`` the batch, height and width of the input and of every output are dynamic
+    axes, and the attention biases are computed in the graph from the sizes seen. Without it the
+    shapes are fixed to ``x``'s and the file is rewritten with its constant subgraphs computed
+    (onnxruntime's basic, hardware-independent optimisations), so the biases are constants.
+    Returns ``path``.
+    """
+    import os
+    with torch.no_grad():
+        outputs = model(x)
+    count = 1 if torch.is_tensor(outputs) else len(outputs)
+    names = [f'output{i}' for i in range(count)]
+    axes = None
+    if dynamic:
+        axes = {'input': {0: 'batch', 2: 'height', 3: 'width'},
+                **{n: {0: 'batch', 2: f'{n}_height', 3: f'{n}_width'} for n in names}}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(model, (x, ), path, dynamo=False, opset_version=opset,
+                          input_names=['input'], output_names=names, dynamic_axes=axes)
+    if not dynamic:
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = path + '.folded.tmp'
+        ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+        os.replace(path + '.folded.tmp', path)
+    return path

@@ -259,13 +259,12 @@ def backbone_runner(name, size, batch, device, fp16):
 
 
 def onnxruntime_runner(model, x):
+    """The model exported at ``x``'s size (mmef.deploy.export_onnx) run in onnxruntime."""
     import tempfile
 
     import onnxruntime as ort
-    path = os.path.join(tempfile.mkdtemp(), 'model.onnx')
-    with torch.no_grad():
-        torch.onnx.export(model, (x, ), path, dynamo=False, opset_version=17,
-                          input_names=['input'])
+    from mmef.deploy import export_onnx
+    path = export_onnx(model, x, os.path.join(tempfile.mkdtemp(), 'model.onnx'))
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1

@@ -27,7 +27,7 @@ import torch.nn as nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from mmef.deploy import switch_to_deploy_model  # noqa: E402
+from mmef.deploy import export_onnx, switch_to_deploy_model  # noqa: E402
 from mmef.models import EfficientFormer, EfficientFormerV2  # noqa: E402
 from mmef.models.base import EfficientFormerBase  # noqa: E402
 
@@ -77,42 +77,13 @@ def build_segmentor(config, checkpoint=None):
 
 
 def export(model, x, path, opset=17, dynamic=False):
-    """Deploys ``model`` (in place) and writes ONNX to ``path``, traced on ``x``.
-
-    With ``dynamic`` the batch, height and width of the input (and outputs) are dynamic axes and
-    the attention biases are computed in the graph from the sizes seen; without it, shapes are
-    fixed to ``x``'s and the exporter folds the biases into constants. Returns PyTorch's outputs
-    on ``x``."""
+    """Deploys ``model`` (in place) and writes ONNX to ``path`` with
+    :func:`mmef.deploy.export_onnx`; returns PyTorch's outputs on ``x``."""
     # deploy mode also exports the output GroupNorms precisely (mmef.deploy.DeployedGroupNorm)
     switch_to_deploy_model(model, fuse_others=not isinstance(model, EfficientFormerBase))
-    with torch.no_grad():
-        outputs = model(x)
-    outputs = [outputs] if torch.is_tensor(outputs) else list(outputs)
-    names = [f'output{i}' for i in range(len(outputs))]
-    axes = None
-    if dynamic:
-        axes = {'input': {0: 'batch', 2: 'height', 3: 'width'},
-                **{n: {0: 'batch', 2: f'{n}_height', 3: f'{n}_width'} for n in names}}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with torch.no_grad():
-        torch.onnx.export(model, (x, ), path, dynamo=False, opset_version=opset,
-                          input_names=['input'], output_names=names, dynamic_axes=axes)
-    if not dynamic:
-        fold_constants(path)
-    return [o.contiguous() for o in outputs]
-
-
-def fold_constants(path):
-    """Rewrites the ONNX file with every constant subgraph computed (onnxruntime's basic,
-    hardware-independent graph optimisations): with fixed shapes the attention biases (a resize
-    and a gather of the bias tables) become constants in the file."""
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    tmp = path + '.folded.tmp'
-    options.optimized_model_filepath = tmp
-    ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
-    os.replace(tmp, path)
+    outputs = reference_outputs(model, x)
+    export_onnx(model, x, path, opset=opset, dynamic=dynamic)
+    return outputs
 
 
 def reference_outputs(model, x):
