@@ -119,6 +119,13 @@ def test_folds_keep_bn_eps(size):
         assert_rel_close(deployed(x), reference(model, x), tol=1e-5)
 
 
+def test_fuse_conv_bn_needs_running_stats():
+    unit = ConvNorm(3, 4, 3)
+    unit.bn = nn.BatchNorm2d(4, track_running_stats=False)
+    with pytest.raises(ValueError, match='running statistics'):
+        fold_conv_norm(unit)
+
+
 def test_deploy_model_finds_backbone_and_rejects_others():
     with pytest.raises(ValueError, match='no EfficientFormer'):
         switch_to_deploy_model(nn.Sequential(nn.Conv2d(3, 3, 1)))
