@@ -499,13 +499,14 @@ def export_onnx(model, x, path, opset=17, dynamic=False):
     axes, and the attention biases are computed in the graph from the sizes seen. Without it the
     shapes are fixed to ``x``'s and the file is rewritten with its constant subgraphs computed
     (onnxruntime's basic, hardware-independent optimisations), so the biases are constants.
-    Returns ``path``.
+    Returns PyTorch's outputs on ``x`` (a list of contiguous tensors), the reference to check
+    the file against.
     """
     import os
     with torch.no_grad():
         outputs = model(x)
-    count = 1 if torch.is_tensor(outputs) else len(outputs)
-    names = [f'output{i}' for i in range(count)]
+    outputs = [outputs] if torch.is_tensor(outputs) else list(outputs)
+    names = [f'output{i}' for i in range(len(outputs))]
     axes = None
     if dynamic:
         axes = {'input': {0: 'batch', 2: 'height', 3: 'width'},
@@ -521,4 +522,4 @@ def export_onnx(model, x, path, opset=17, dynamic=False):
         options.optimized_model_filepath = path + '.folded.tmp'
         ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
         os.replace(path + '.folded.tmp', path)
-    return path
+    return [o.contiguous() for o in outputs]

@@ -264,7 +264,8 @@ def onnxruntime_runner(model, x):
 
     import onnxruntime as ort
     from mmef.deploy import export_onnx
-    path = export_onnx(model, x, os.path.join(tempfile.mkdtemp(), 'model.onnx'))
+    path = os.path.join(tempfile.mkdtemp(), 'model.onnx')
+    export_onnx(model, x, path)
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1

@@ -81,9 +81,7 @@ def export(model, x, path, opset=17, dynamic=False):
     :func:`mmef.deploy.export_onnx`; returns PyTorch's outputs on ``x``."""
     # deploy mode also exports the output GroupNorms precisely (mmef.deploy.DeployedGroupNorm)
     switch_to_deploy_model(model, fuse_others=not isinstance(model, EfficientFormerBase))
-    outputs = reference_outputs(model, x)
-    export_onnx(model, x, path, opset=opset, dynamic=dynamic)
-    return outputs
+    return export_onnx(model, x, path, opset=opset, dynamic=dynamic)
 
 
 def reference_outputs(model, x):
