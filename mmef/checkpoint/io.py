@@ -93,13 +93,21 @@ def load_file(path, map_location='cpu'):
                               f'({msg}); download or save it again') from None
 
 
-def state_dict_of(obj, path='<checkpoint>'):
-    """The tensor dict inside a loaded checkpoint ('state_dict', 'model', 'module' or itself)."""
+def container_key(obj):
+    """The entry of a loaded checkpoint that holds the weights ('state_dict', 'model' or
+    'module'), or None when the object is the state dict itself."""
     if isinstance(obj, dict):
         for key in ('state_dict', 'model', 'module'):
             if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
+                return key
+    return None
+
+
+def state_dict_of(obj, path='<checkpoint>'):
+    """The tensor dict inside a loaded checkpoint ('state_dict', 'model', 'module' or itself)."""
+    key = container_key(obj)
+    if key is not None:
+        obj = obj[key]
     if not isinstance(obj, dict) or not obj or \
             not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f'{path!r} holds no state dict of tensors (looked for '

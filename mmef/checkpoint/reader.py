@@ -7,7 +7,7 @@ other accepts too.
 import re
 from dataclasses import dataclass, field
 
-from .io import CheckpointError, load_file, state_dict_of
+from .io import CheckpointError, container_key, load_file, state_dict_of
 from .keys import CLASSIFIER_PREFIXES, map_with_report, needs_official_bias
 
 # fewer matched tensors than this share of the model's means the file is not for this model
@@ -110,8 +110,7 @@ def read_checkpoint(path, prefix=None, map_location='cpu'):
     """
     path = str(path)
     raw = load_file(path, map_location=map_location)
-    container = next((k for k in ('state_dict', 'model', 'module')
-                      if isinstance(raw, dict) and isinstance(raw.get(k), dict)), None)
+    container = container_key(raw)
     entries = sorted(str(k) for k in raw if k != container) if container else []
     state = state_dict_of(raw, path)
     backbone, rest = _strip(state, prefix)
