@@ -40,6 +40,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .models.base import EfficientFormerBase
 from .registry import DEPLOYERS
+from .models.attention import GridCache
 from .models.efficientformer_v2 import FFN, AttnDownsample, AttnFFN, Attention4D, _heads
 from .models.layers import MB3D, MB4D, ConvNorm, DropPath, LayerScale
 
@@ -180,23 +181,6 @@ class DeployedV2Block(_InferenceOnly):
         return self.fc2(h).add_(x)
 
 
-class _BiasConstants:
-    """Per-grid cache of a deploy module's bias-derived constants (eval, not traced; traced
-    sizes are tensors and the constants are then computed in the graph)."""
-
-    def __init__(self, compute):
-        self.compute, self.cache = compute, {}
-
-    def __call__(self, *sizes):
-        if any(torch.is_tensor(v) for hw in sizes for v in hw):
-            return self.compute(*sizes)
-        key = tuple(tuple(int(v) for v in hw) for hw in sizes)
-        if key not in self.cache:
-            with torch.no_grad():
-                self.cache[key] = self.compute(*key)
-        return self.cache[key]
-
-
 def _fold_query_scale(attn):
     """Moves the attention's logit scale into the query projection (exact): q' = scale * q."""
     fold_output_scale(attn.q, torch.full((attn.q.out_channels, ), attn.scale,
@@ -214,7 +198,7 @@ class DeployedAttention4D(_InferenceOnly):
         super().__init__()
         _fold_query_scale(attn)
         self.attn = attn.eval()
-        self.head_bias = _BiasConstants(self._head_bias)
+        self._head_bias_cache = GridCache()
 
     def _head_bias(self, hw):
         w1 = self.attn.talking_head1.weight.flatten(1)
@@ -233,7 +217,8 @@ class DeployedAttention4D(_InferenceOnly):
         v = a.v(x)
         v_local = a.v_local(v)
         v = _heads(v, heads)
-        const = self.head_bias((h, w)).to(q.dtype)
+        const = self._head_bias_cache.get_or_compute(((h, w), ), self._head_bias,
+                                                     a.bias_table.device).to(q.dtype)
         w1 = a.talking_head1.weight.flatten(1).to(q.dtype)
         w2, b2 = a.talking_head2.weight.flatten(1).to(q.dtype), a.talking_head2.bias.to(q.dtype)
         if _use_inplace_attention(x):

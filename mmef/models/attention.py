@@ -73,6 +73,25 @@ def official_bias(table, resolution, num_queries, num_keys=None, stride=1):
                          mode='bicubic', align_corners=False)[0]
 
 
+class GridCache(dict):
+    """Values computed once per grid size (and device), for inference.
+
+    ``get_or_compute(sizes, compute, device)`` returns ``compute(*sizes)`` (``sizes``: a tuple of
+    (h, w) grids), computed without grad on the first call for those sizes. Sizes that are
+    tensors (traced for ONNX export) are never cached: the value is then computed in the graph,
+    so an export with dynamic shapes is right at every size."""
+
+    def get_or_compute(self, sizes, compute, device=None):
+        if any(torch.is_tensor(v) for hw in sizes for v in hw):
+            return compute(*sizes)
+        sizes = tuple(tuple(int(v) for v in hw) for hw in sizes)
+        key = sizes + (device, )
+        if key not in self:
+            with torch.no_grad():
+                self[key] = compute(*sizes)
+        return self[key]
+
+
 class BiasedAttention(nn.Module):
     """Base of the attention modules: owns the bias table ``bias_table`` and its arithmetic.
 
@@ -101,7 +120,7 @@ class BiasedAttention(nn.Module):
         self.query_stride = query_stride
         self.resolution_factor = resolution_factor
         self.bias_table = nn.Parameter(torch.zeros(num_heads, bias_resolution**2))
-        self._bias_cache = {}
+        self._bias_cache = GridCache()
 
     def clear_bias_cache(self):
         """Forgets the cached biases: the next eval forward recomputes them from the table."""
@@ -142,14 +161,10 @@ class BiasedAttention(nn.Module):
         so an export with dynamic shapes is right at every size; with fixed shapes the exporter
         folds it into a constant."""
         k_hw = k_hw or q_hw
-        if self.training or any(torch.is_tensor(v) for v in (*q_hw, *k_hw)):
+        if self.training:
             return self._compute_bias(q_hw, k_hw)
-        q_hw, k_hw = tuple(int(v) for v in q_hw), tuple(int(v) for v in k_hw)
-        key = (q_hw, k_hw, self.bias_table.device)
-        if key not in self._bias_cache:
-            with torch.no_grad():
-                self._bias_cache[key] = self._compute_bias(q_hw, k_hw)
-        return self._bias_cache[key]
+        return self._bias_cache.get_or_compute((q_hw, k_hw), self._compute_bias,
+                                               self.bias_table.device)
 
 
 class Attention(BiasedAttention):
