@@ -1,6 +1,8 @@
 """Stock mmdeploy 1.3.1 exports our Semantic FPN and Mask R-CNN configs (V1 and V2) to ONNX Runtime
-with dynamic shapes (tools/deploy.py, configs/mmdeploy/, mmef.mmdeploy_compat); onnxruntime equals
-PyTorch at two shapes other than the export shape, one of them the transposed grid. Weights are
+(tools/deploy.py, configs/mmdeploy/, mmef.mmdeploy_compat). Dynamic shapes: onnxruntime equals
+PyTorch at two shapes other than the export shape, one of them the transposed grid. Static shapes
+(the shipped static configs at a smaller input_shape): equal at the export shape, and the graph
+refuses any other. Weights are
 random with O(1) layer scales, random BN statistics and bias tables, so that a wrong attention
 scale, a frozen bias or a frozen upsample size cannot hide."""
 import copy
@@ -27,6 +29,8 @@ DET = {'l1': 'configs/mask_rcnn/mask-rcnn_efficientformer-l1_fpn_1x_coco.py',
        'v2-s0': 'configs/mask_rcnn/mask-rcnn_efficientformerv2-s0_fpn_1x_coco.py'}
 DEPLOY_SEG = osp.join(ROOT, 'configs/mmdeploy/segmentation_onnxruntime_dynamic.py')
 DEPLOY_DET = osp.join(ROOT, 'configs/mmdeploy/instance-seg_onnxruntime_dynamic.py')
+STATIC_SEG = osp.join(ROOT, 'configs/mmdeploy/segmentation_onnxruntime_static-512x512.py')
+STATIC_DET = osp.join(ROOT, 'configs/mmdeploy/instance-seg_onnxruntime_static-800x1344.py')
 EXPORT_SIZE, OTHER_SIZES = (256, 352), [(352, 256), (192, 320)]
 
 
@@ -61,6 +65,21 @@ def _model_and_checkpoint(config, tmp_path, seed):
     return cfg, model, ckpt, image
 
 
+def _static_config(base, tmp_path):
+    """The shipped static config at EXPORT_SIZE (input_shape is [width, height])."""
+    path = tmp_path / 'deploy_static.py'
+    height, width = EXPORT_SIZE
+    path.write_text(f'_base_ = [{base!r}]\nonnx_config = dict(input_shape=[{width}, {height}])\n')
+    return str(path)
+
+
+def _assert_static(session):
+    """The graph's input has the export shape, and onnxruntime refuses the transposed one."""
+    assert session.get_inputs()[0].shape == [1, 3, *EXPORT_SIZE]
+    with pytest.raises(Exception, match='(?i)dimension|shape'):
+        session.run(None, {'input': np.zeros((1, 3, *EXPORT_SIZE[::-1]), np.float32)})
+
+
 def _session(path):
     import onnxruntime as ort
     options = ort.SessionOptions()
@@ -68,19 +87,32 @@ def _session(path):
     return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
 
 
-@pytest.mark.parametrize('arch', sorted(SEG))
-def test_semantic_fpn_dynamic_onnxruntime(arch, tmp_path):
-    cfg, model, ckpt, image = _model_and_checkpoint(SEG[arch], tmp_path, seed=6)
-    path = deploy_tool.main([DEPLOY_SEG, osp.join(ROOT, SEG[arch]), ckpt, image, '--work-dir',
-                             str(tmp_path / 'onnx')])
-    session = _session(path)
-    for size in OTHER_SIZES:
+def _check_semantic_fpn(model, session, sizes):
+    for size in sizes:
         x = torch.randn(1, 3, *size)
         with torch.no_grad():
             ref = model.encode_decode(x, [dict(img_shape=size)])  # logits at the input size
         out = session.run(None, {'input': x.numpy()})[0]
         assert out.shape == tuple(ref.shape) == (1, 150, *size)
         assert rel(out, ref.numpy()) <= 1e-4, size
+
+
+@pytest.mark.parametrize('arch', sorted(SEG))
+def test_semantic_fpn_dynamic_onnxruntime(arch, tmp_path):
+    cfg, model, ckpt, image = _model_and_checkpoint(SEG[arch], tmp_path, seed=6)
+    path = deploy_tool.main([DEPLOY_SEG, osp.join(ROOT, SEG[arch]), ckpt, image, '--work-dir',
+                             str(tmp_path / 'onnx')])
+    _check_semantic_fpn(model, _session(path), OTHER_SIZES)
+
+
+@pytest.mark.parametrize('arch', sorted(SEG))
+def test_semantic_fpn_static_onnxruntime(arch, tmp_path):
+    cfg, model, ckpt, image = _model_and_checkpoint(SEG[arch], tmp_path, seed=8)
+    path = deploy_tool.main([_static_config(STATIC_SEG, tmp_path), osp.join(ROOT, SEG[arch]),
+                             ckpt, image, '--work-dir', str(tmp_path / 'onnx')])
+    session = _session(path)
+    _assert_static(session)
+    _check_semantic_fpn(model, session, [EXPORT_SIZE])
 
 
 def _rewritten_pytorch(model, x):
@@ -109,13 +141,8 @@ def _mask_probabilities(model, x, boxes, labels):
         return logits[torch.arange(len(boxes)), torch.from_numpy(labels)].sigmoid().numpy()
 
 
-@pytest.mark.parametrize('arch', sorted(DET))
-def test_mask_rcnn_dynamic_onnxruntime(arch, tmp_path):
-    cfg, model, ckpt, image = _model_and_checkpoint(DET[arch], tmp_path, seed=7)
-    path = deploy_tool.main([DEPLOY_DET, osp.join(ROOT, DET[arch]), ckpt, image, '--work-dir',
-                             str(tmp_path / 'onnx')])
-    session = _session(path)
-    for size in OTHER_SIZES:
+def _check_mask_rcnn(model, session, sizes):
+    for size in sizes:
         x = torch.randn(1, 3, *size)
         dets, labels, masks = session.run(None, {'input': x.numpy()})
         ref_dets, ref_labels = _rewritten_pytorch(model, x)
@@ -127,3 +154,20 @@ def test_mask_rcnn_dynamic_onnxruntime(arch, tmp_path):
         np.testing.assert_allclose(dets[0, :top], ref_dets[0, :top], rtol=1e-3, atol=1e-2)
         ref_masks = _mask_probabilities(model, x, ref_dets[0, :top, :4], ref_labels[0, :top])
         assert np.abs(masks[0, :top] - ref_masks).max() <= 1e-3
+
+
+@pytest.mark.parametrize('arch', sorted(DET))
+def test_mask_rcnn_dynamic_onnxruntime(arch, tmp_path):
+    cfg, model, ckpt, image = _model_and_checkpoint(DET[arch], tmp_path, seed=7)
+    path = deploy_tool.main([DEPLOY_DET, osp.join(ROOT, DET[arch]), ckpt, image, '--work-dir',
+                             str(tmp_path / 'onnx')])
+    _check_mask_rcnn(model, _session(path), OTHER_SIZES)
+
+
+def test_mask_rcnn_static_onnxruntime(tmp_path):  # V2: the attention constants of both kinds
+    cfg, model, ckpt, image = _model_and_checkpoint(DET['v2-s0'], tmp_path, seed=9)
+    path = deploy_tool.main([_static_config(STATIC_DET, tmp_path), osp.join(ROOT, DET['v2-s0']),
+                             ckpt, image, '--work-dir', str(tmp_path / 'onnx')])
+    session = _session(path)
+    _assert_static(session)
+    _check_mask_rcnn(model, session, [EXPORT_SIZE])
