@@ -1,5 +1,6 @@
 """Deploy mode (mmef.deploy): folded model == unfused eval model, idempotence, training guard."""
 import copy
+import sys
 
 import pytest
 import torch
@@ -180,14 +181,19 @@ def test_deployed_mask_rcnn_equals_unfused():
         deployed.train()
 
 
-def test_benchmark_tool_runs(capsys):
-    """tools/benchmark.py end to end on a tiny input (timings themselves are not asserted)."""
+def _benchmark_tool():
     import importlib.util
     from pathlib import Path
     spec = importlib.util.spec_from_file_location(
         'benchmark', Path(__file__).resolve().parents[1] / 'tools' / 'benchmark.py')
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
+    return benchmark
+
+
+def test_benchmark_tool_runs(capsys):
+    """tools/benchmark.py end to end on a tiny input (timings themselves are not asserted)."""
+    benchmark = _benchmark_tool()
     benchmark.main(['backbone', '--size', '64', '96', '--runs', '2', '--warmup', '1',
                     '--threads', '1', '--models', 'l1', 'l1-fold', 'l1-deploy', 'l1-deploy:bf16',
                     'l1-deploy:autocast-bf16', 'l1-deploy:ort', 'v2s0-deploy', '--ref', 'l1'])
@@ -196,3 +202,19 @@ def test_benchmark_tool_runs(capsys):
     assert '| l1-deploy:bf16 |' in out and 'l1-deploy:ort / l1-deploy = ' in out
     with pytest.raises(SystemExit):
         benchmark.parse_args(['train', '--models', 'l1-deploy'])
+
+
+def test_benchmark_refuses_to_time_a_wrong_runtime(monkeypatch):
+    """An onnxruntime / OpenVINO row is timed only when its output equals PyTorch's; OpenVINO
+    (optional) missing is named with the install command."""
+    benchmark = _benchmark_tool()
+    ref = torch.randn(1, 8, 4, 6)
+    benchmark._check_outputs('onnxruntime', [ref.numpy() * (1 + 1e-6)], [ref], 1e-4)
+    wrong = ref.clone()
+    wrong[0, 0, 0, 0] += 1e-2 * ref.abs().max()
+    with pytest.raises(SystemExit, match='onnxruntime output 0 differs from PyTorch by 1.00e-02'):
+        benchmark._check_outputs('onnxruntime', [wrong.numpy()], [ref], 1e-4)
+    monkeypatch.setitem(sys.modules, 'openvino', None)
+    with pytest.raises(SystemExit, match='pip install openvino'):
+        benchmark.main(['backbone', '--size', '64', '64', '--runs', '1', '--warmup', '0',
+                        '--models', 'l1-deploy:ov'])

@@ -29,7 +29,9 @@ lerp / in-place MB4D forward.
 EfficientFormerV2: v2s0 v2s1 v2s2 v2l (unfused eval), -deploy, -original (the original dense
 code's arithmetic: official bias of the COCO files recomputed on every forward, unfused).
 Suffixes (backbone task): NAME:bf16 (bfloat16 weights and input), NAME:autocast-bf16 (CPU bf16
-autocast), NAME:ort (exported to ONNX at --size and run in onnxruntime), e.g. l1-deploy:bf16.
+autocast), NAME:ort (exported to ONNX at --size and run in onnxruntime), NAME:ov and NAME:ov-bf16
+(that ONNX file in OpenVINO's CPU plugin at f32 / bf16 inference precision; OpenVINO is optional,
+not installed by scripts/setup.sh: `pip install openvino`), e.g. l1-deploy:bf16.
 Whole-model tasks: l1, l1-deploy, l3, l3-deploy, ..., r50 (mmdet / mmseg R-50 configs).
 
 Example:
@@ -231,13 +233,14 @@ def whole_inputs(task, size, batch):
 
 # ----------------------------------------------------------------------------- runners
 # backbone name suffixes: precision / runtime of the same model
-PRECISIONS = (':bf16', ':autocast-bf16', ':ort')
+PRECISIONS = (':bf16', ':autocast-bf16', ':ort', ':ov', ':ov-bf16')
 
 
 def backbone_runner(name, size, batch, device, fp16):
     """``NAME`` (fp32 PyTorch), ``NAME:bf16`` (bfloat16 weights and input),
     ``NAME:autocast-bf16`` (fp32 weights under CPU bf16 autocast), ``NAME:ort`` (the model
-    exported to ONNX at this size, run in onnxruntime with the same thread count)."""
+    exported to ONNX at this size, run in onnxruntime with the same thread count), ``NAME:ov``
+    and ``NAME:ov-bf16`` (that file in OpenVINO, f32 / bf16 inference precision)."""
     base, _, precision = name.partition(':')
     if precision and f':{precision}' not in PRECISIONS:
         raise ValueError(f'unknown suffix {precision!r} in {name!r}; choose from {PRECISIONS}')
@@ -249,6 +252,8 @@ def backbone_runner(name, size, batch, device, fp16):
         model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
     if precision == 'ort':
         return onnxruntime_runner(model, x)
+    if precision in ('ov', 'ov-bf16'):
+        return openvino_runner(model, x, 'bf16' if precision == 'ov-bf16' else 'f32')
     autocast = precision == 'autocast-bf16'
 
     def run():
@@ -258,22 +263,68 @@ def backbone_runner(name, size, batch, device, fp16):
     return run
 
 
-def onnxruntime_runner(model, x):
-    """The model exported at ``x``'s size (mmef.deploy.export_onnx) run in onnxruntime."""
+def _onnx_file(model, x):
+    """The model exported at ``x``'s size (mmef.deploy.export_onnx), in a temporary folder, and
+    PyTorch's outputs on ``x``."""
     import tempfile
 
-    import onnxruntime as ort
     from mmef.deploy import export_onnx
     path = os.path.join(tempfile.mkdtemp(), 'model.onnx')
-    export_onnx(model, x, path)
+    return path, export_onnx(model, x, path)
+
+
+def _check_outputs(runtime, outputs, refs, tol):
+    """A runtime's row is timed only when it computes what PyTorch does (within ``tol`` of the
+    largest output magnitude)."""
+    for i, (out, ref) in enumerate(zip(outputs, refs)):
+        ref = ref.float().cpu().numpy()
+        err = float(abs(out - ref).max() / abs(ref).max())
+        if not err <= tol:
+            raise SystemExit(f'{runtime} output {i} differs from PyTorch by {err:.2e} relative '
+                             f'(> {tol}): not timing a wrong model')
+
+
+def onnxruntime_runner(model, x):
+    """The model exported at ``x``'s size run in onnxruntime."""
+    import onnxruntime as ort
+    path, refs = _onnx_file(model, x)
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
     feed = {'input': x.cpu().numpy()}
+    _check_outputs('onnxruntime', session.run(None, feed), refs, 1e-4)
 
     def run():
         session.run(None, feed)
+    return run
+
+
+def openvino_runner(model, x, precision):
+    """The model exported at ``x``'s size run in OpenVINO's CPU plugin with ``precision`` ('f32'
+    or 'bf16') as its inference precision. bf16 is refused where the CPU has no bf16 support
+    (OpenVINO would silently run f32 instead)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise SystemExit(':ov rows need OpenVINO, which mmef does not install: pip install openvino')
+    core = ov.Core()
+    capabilities = core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
+    if precision == 'bf16' and 'BF16' not in capabilities:
+        raise SystemExit(f'OpenVINO has no bf16 on this CPU (its capabilities: {capabilities}); '
+                         'drop the :ov-bf16 row')
+    path, refs = _onnx_file(model, x)
+    compiled = core.compile_model(path, 'CPU', {
+        'INFERENCE_NUM_THREADS': torch.get_num_threads(), 'INFERENCE_PRECISION_HINT': precision,
+        'PERFORMANCE_HINT': 'LATENCY'})
+    request = compiled.create_infer_request()
+    feed = x.cpu().numpy()
+    result = request.infer([feed])
+    _check_outputs(f'OpenVINO ({precision})', [result[o] for o in compiled.outputs], refs,
+                   5e-2 if precision == 'bf16' else 1e-4)
+
+    def run():
+        request.infer([feed])
     return run
 
 
@@ -400,6 +451,10 @@ def report(args, times, memory):
           f'{args.device} ({device}), torch {torch.__version__}, {args.threads} threads, '
           f'{args.warmup} warm-up + {args.runs} timed runs (round-robin), '
           f'{"fp16" if args.fp16 else "fp32"}')
+    if args.device == 'cpu' and any('bf16' in name for name in times):
+        fast = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        print('CPU bf16 kernels (oneDNN, AVX-512 BF16 / AMX): ' + (
+            'yes' if fast else 'no: bf16 runs on slow fallback kernels on this CPU'))
     mem_head = ' | peak RSS MB | RSS above pre-run MB' if memory else ''
     print(f'| model | median ms | min-max ms | vs {ref}{mem_head} |')
     print('|---|---|---|---|' + ('---|---|' if memory else ''))
