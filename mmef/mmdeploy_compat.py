@@ -15,9 +15,10 @@ mmdeploy's default one); nothing installed is edited. What it fixes, and whose i
   freezes at the export size, so a dynamic Semantic FPN is wrong at every other size: resized
   with ``scale_factor`` instead, which the exporter keeps dynamic. [mmseg]
 * mmdeploy's ONNX Runtime segmentor resizes the logits of the padded batch
-  (``test_cfg=dict(size_divisor=32)`` of the data preprocessor) to the original image: the
-  ``'mmef_end2end'`` backend model (``codebase_config.model_type`` of
-  ``configs/mmdeploy/segmentation_onnxruntime_dynamic.py``) crops the padding first. [mmdeploy]
+  (``test_cfg=dict(size_divisor=32)`` of the data preprocessor) to the original image, and
+  arg-maxes before resizing (nearest): the ``'mmef_end2end'`` backend model
+  (``codebase_config.model_type`` of ``configs/mmdeploy/segmentation_onnxruntime_dynamic.py``)
+  crops the padding first and post-processes as mmseg does. [mmdeploy]
 
 mmdeploy's rewrite of ``F.scaled_dot_product_attention`` reads ``scale`` as a divisor (torch: a
 multiplier); mmef passes ``scale=1.0`` with pre-scaled queries, which both read the same, so it
@@ -78,19 +79,36 @@ def upsample__dynamic(self, x):
 
 def _register_segmentor():
     from mmdeploy.codebase.mmseg.deploy import segmentation_model
+    from mmdeploy.utils import get_codebase_config
+    from mmengine.structures import PixelData
 
     registry = getattr(segmentation_model, '__BACKEND_MODEL')
 
     @registry.register_module('mmef_end2end')
     class PaddingCroppedEnd2EndModel(segmentation_model.End2EndModel):
-        """mmdeploy's ONNX Runtime segmentor, with the logits cropped to each image's shape
-        before they are resized to the original image: the data preprocessor padded the batch
-        (``test_cfg=dict(size_divisor=32)``), and mmdeploy resizes the padded logits."""
+        """mmdeploy's ONNX Runtime segmentor, post-processing as mmseg does: the logits are
+        cropped to each image's shape (the data preprocessor padded the batch,
+        ``test_cfg=dict(size_divisor=32)``; mmdeploy resizes the padded logits), resized
+        bilinearly to the original image (``codebase_config.align_corners``, default False, as
+        the decode head's), then arg-maxed; ``seg_logits`` are kept. mmdeploy's own end2end
+        model arg-maxes first and resizes the labels nearest-neighbour, which differs from
+        mmseg along every class boundary. Models exported with ``with_argmax=True`` (labels
+        out) and single-channel (binary) heads get mmdeploy's post-processing after the crop."""
 
         def pack_result(self, batch_outputs, data_samples):
             cropped = [out[..., :sample.img_shape[0], :sample.img_shape[1]]
                        for out, sample in zip(batch_outputs, data_samples)]
-            return super().pack_result(cropped, data_samples)
+            codebase = get_codebase_config(self.deploy_cfg)
+            if codebase.get('with_argmax', True) or batch_outputs.shape[1] == 1:
+                return super().pack_result(cropped, data_samples)
+            align_corners = codebase.get('align_corners', False)
+            for logits, sample in zip(cropped, data_samples):
+                if tuple(sample.ori_shape) != tuple(logits.shape[-2:]):
+                    logits = F.interpolate(logits[None].float(), size=sample.ori_shape,
+                                           mode='bilinear', align_corners=align_corners)[0]
+                sample.set_data(dict(seg_logits=PixelData(data=logits),
+                                     pred_sem_seg=PixelData(data=logits.argmax(0, True))))
+            return list(data_samples)
 
     return PaddingCroppedEnd2EndModel
 

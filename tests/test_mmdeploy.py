@@ -1,12 +1,16 @@
 """Stock mmdeploy 1.3.1 exports our Semantic FPN and Mask R-CNN configs (V1 and V2) to ONNX Runtime
-(tools/deploy.py, configs/mmdeploy/, mmef.mmdeploy_compat). Dynamic shapes: onnxruntime equals
-PyTorch at two shapes other than the export shape, one of them the transposed grid. Static shapes
-(the shipped static configs at a smaller input_shape): equal at the export shape, and the graph
-refuses any other. Weights are
+(tools/deploy.py, configs/mmdeploy/, mmef.mmdeploy_compat). Dynamic shapes, traced at the size the
+model's test pipeline gives the 256x352 image (Semantic FPN 512x704, Mask R-CNN 800x1120):
+onnxruntime equals PyTorch at two other shapes (Semantic FPN: one of them the transposed export
+grid), and mmdeploy's own inference path (backend model, test_step) equals mmseg's on an image
+that is resized and padded. Static shapes (the shipped static configs at input_shape 256x352):
+equal at that shape, and the graph refuses any other. Weights are
 random with O(1) layer scales, random BN statistics and bias tables, so that a wrong attention
 scale, a frozen bias or a frozen upsample size cannot hide."""
 import copy
 import os.path as osp
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -31,7 +35,7 @@ DEPLOY_SEG = osp.join(ROOT, 'configs/mmdeploy/segmentation_onnxruntime_dynamic.p
 DEPLOY_DET = osp.join(ROOT, 'configs/mmdeploy/instance-seg_onnxruntime_dynamic.py')
 STATIC_SEG = osp.join(ROOT, 'configs/mmdeploy/segmentation_onnxruntime_static-512x512.py')
 STATIC_DET = osp.join(ROOT, 'configs/mmdeploy/instance-seg_onnxruntime_static-800x1344.py')
-EXPORT_SIZE, OTHER_SIZES = (256, 352), [(352, 256), (192, 320)]
+EXPORT_SIZE, OTHER_SIZES = (256, 352), [(352, 256), (192, 320)]  # image size; other shapes
 
 
 def rel(out, ref):
@@ -97,12 +101,44 @@ def _check_semantic_fpn(model, session, sizes):
         assert rel(out, ref.numpy()) <= 1e-4, size
 
 
+def _task(deploy_cfg, model_cfg):
+    from mmdeploy.apis.utils import build_task_processor
+    from mmdeploy.utils import load_config
+    return build_task_processor(*load_config(model_cfg, deploy_cfg), 'cpu')
+
+
+def _traced_shape(task, model, image):
+    """The input size mmdeploy traces on: ``image`` through the test pipeline and the model's
+    data preprocessor (resize, then padding)."""
+    data, _ = task.create_input(image)
+    return tuple(model.data_preprocessor(data, False)['inputs'].shape[-2:])
+
+
 @pytest.mark.parametrize('arch', sorted(SEG))
 def test_semantic_fpn_dynamic_onnxruntime(arch, tmp_path):
     cfg, model, ckpt, image = _model_and_checkpoint(SEG[arch], tmp_path, seed=6)
     path = deploy_tool.main([DEPLOY_SEG, osp.join(ROOT, SEG[arch]), ckpt, image, '--work-dir',
                              str(tmp_path / 'onnx')])
-    _check_semantic_fpn(model, _session(path), OTHER_SIZES)
+    task = _task(DEPLOY_SEG, osp.join(ROOT, SEG[arch]))
+    traced = _traced_shape(task, model, image)
+    assert traced == (512, 704)
+    _check_semantic_fpn(model, _session(path), [traced[::-1], (192, 320)])
+
+    # mmdeploy's inference path (our 'mmef_end2end' backend model) against mmseg's, on an image
+    # that the pipeline resizes to 512x717 and the preprocessor pads to 512x736
+    other = str(tmp_path / 'other.jpg')
+    cv2.imwrite(other, (np.random.RandomState(1).rand(300, 420, 3) * 255).astype('uint8'))
+    inputs, _ = task.create_input(other)
+    assert _traced_shape(task, model, other) == (512, 736)
+    backend = task.build_backend_model([path], task.update_data_preprocessor)
+    with torch.no_grad():
+        got = backend.test_step(inputs)[0]
+        ref = task.build_pytorch_model(ckpt).test_step(inputs)[0]
+    logits, ref_logits = got.seg_logits.data.numpy(), ref.seg_logits.data.numpy()
+    assert logits.shape == ref_logits.shape == (150, 300, 420)
+    assert rel(logits, ref_logits) <= 1e-4
+    agree = (got.pred_sem_seg.data == ref.pred_sem_seg.data).float().mean().item()
+    assert agree >= 0.999, agree  # argmax: only near-ties may flip
 
 
 @pytest.mark.parametrize('arch', sorted(SEG))
@@ -113,6 +149,24 @@ def test_semantic_fpn_static_onnxruntime(arch, tmp_path):
     session = _session(path)
     _assert_static(session)
     _check_semantic_fpn(model, session, [EXPORT_SIZE])
+
+
+def test_mmdeploy_own_api_gets_the_compat_through_custom_imports(tmp_path):
+    """mmdeploy's own tools/deploy.py imports mmdeploy, then loads the model config, whose
+    custom_imports import mmef: mmef then registers mmef.mmdeploy_compat itself, and mmdeploy's
+    torch2onnx exports without anything imported by hand (without the compat it fails)."""
+    cfg, model, ckpt, image = _model_and_checkpoint(SEG['v2-s0'], tmp_path, seed=10)
+    work = str(tmp_path / 'onnx')
+    script = (
+        'import sys\n'
+        'from mmdeploy.apis import torch2onnx  # first, as in mmdeploy/tools/deploy.py\n'
+        'assert "mmef" not in sys.modules\n'
+        f'torch2onnx({image!r}, {work!r}, "end2end.onnx", '
+        f'{_static_config(STATIC_SEG, tmp_path)!r}, {osp.join(ROOT, SEG["v2-s0"])!r}, '
+        f'{ckpt!r}, "cpu")\n'
+        'assert "mmef.mmdeploy_compat" in sys.modules\n')
+    subprocess.run([sys.executable, '-c', script], check=True, cwd=str(tmp_path))
+    _check_semantic_fpn(model, _session(osp.join(work, 'end2end.onnx')), [EXPORT_SIZE])
 
 
 def _rewritten_pytorch(model, x):
@@ -161,6 +215,8 @@ def test_mask_rcnn_dynamic_onnxruntime(arch, tmp_path):
     cfg, model, ckpt, image = _model_and_checkpoint(DET[arch], tmp_path, seed=7)
     path = deploy_tool.main([DEPLOY_DET, osp.join(ROOT, DET[arch]), ckpt, image, '--work-dir',
                              str(tmp_path / 'onnx')])
+    traced = _traced_shape(_task(DEPLOY_DET, osp.join(ROOT, DET[arch])), model, image)
+    assert traced == (800, 1120)
     _check_mask_rcnn(model, _session(path), OTHER_SIZES)
 
 

@@ -1,6 +1,6 @@
 # mmdeploy: Mask R-CNN (any mmdet instance-segmentation model) to ONNX Runtime, dynamic batch /
 # height / width. The pip package of mmdeploy ships no deploy configs; this one is written for
-# mmef's models and tools/deploy.py (which imports mmef.mmdeploy_compat). Outputs: dets
+# mmef's models and tools/deploy.py (or mmdeploy's own; see the README). Outputs: dets
 # (x1, y1, x2, y2, score), labels, masks (per detection, at the RoI head's 28x28 resolution).
 _base_ = ['./_base_/onnxruntime.py']
 
