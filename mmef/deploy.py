@@ -202,7 +202,7 @@ class DeployedAttention4D(_InferenceOnly):
 
     def _head_bias(self, hw):
         w1 = self.attn.talking_head1.weight.flatten(1)
-        bias = self.attn.attn_bias(hw).to(w1.dtype)
+        bias = self.attn.attn_bias(hw, dtype=w1.dtype)
         mixed = torch.matmul(w1, bias.flatten(1)).view(bias.shape)  # (matmul: ONNX opset 11)
         return mixed + self.attn.talking_head1.bias.view(-1, 1, 1)
 
@@ -218,7 +218,7 @@ class DeployedAttention4D(_InferenceOnly):
         v_local = a.v_local(v)
         v = _heads(v, heads)
         const = self._head_bias_cache.get_or_compute(((h, w), ), self._head_bias,
-                                                     a.bias_table.device).to(q.dtype)
+                                                     a.bias_table.device, q.dtype)
         w1 = a.talking_head1.weight.flatten(1).to(q.dtype)
         w2, b2 = a.talking_head2.weight.flatten(1).to(q.dtype), a.talking_head2.bias.to(q.dtype)
         if _use_inplace_attention(x):
@@ -260,7 +260,7 @@ class DeployedAttention4DDownsample(_InferenceOnly):
         v = a.v(x)
         v_local = a.v_local(v)
         v = _heads(v, a.num_heads)
-        bias = a.attn_bias((hq, wq), (h, w)).to(q.dtype)
+        bias = a.attn_bias((hq, wq), (h, w), dtype=q.dtype)
         if _use_inplace_attention(x):
             out = q.new_empty(q.shape[:-1] + v.shape[-1:])
             for i in range(b):
@@ -295,7 +295,7 @@ class DeployedAttention(_InferenceOnly):
             return self.attn(x, hw)
         attn = self.attn
         q, k, v = attn.project_qkv(x)
-        bias = attn.attn_bias(hw).to(q.dtype)
+        bias = attn.attn_bias(hw, dtype=q.dtype)
         out = q.new_empty(q.shape[:-1] + v.shape[-1:])
         for i in range(q.shape[0]):
             logits = torch.baddbmm(bias, q[i], k[i].transpose(1, 2), alpha=attn.scale)

@@ -155,6 +155,9 @@ def test_bias_cached_in_eval_recomputed_in_training():
     first = attn.attn_bias((9, 13))
     assert attn.attn_bias((9, 13)) is first  # computed once per grid size in eval
     assert not first.requires_grad
+    half = attn.attn_bias((9, 13), dtype=torch.bfloat16)  # and once per dtype (bf16 inference)
+    assert half.dtype == torch.bfloat16 and torch.equal(half, first.to(torch.bfloat16))
+    assert attn.attn_bias((9, 13), dtype=torch.bfloat16) is half
     with torch.no_grad():  # an in-place change in eval mode is not seen (documented)
         attn.bias_table.add_(1.)
     assert torch.equal(attn.attn_bias((9, 13)), first)

@@ -74,21 +74,26 @@ def official_bias(table, resolution, num_queries, num_keys=None, stride=1):
 
 
 class GridCache(dict):
-    """Values computed once per grid size (and device), for inference.
+    """Values computed once per grid size (and device and dtype), for inference.
 
-    ``get_or_compute(sizes, compute, device)`` returns ``compute(*sizes)`` (``sizes``: a tuple of
-    (h, w) grids), computed without grad on the first call for those sizes. Sizes that are
-    tensors (traced for ONNX export) are never cached: the value is then computed in the graph,
-    so an export with dynamic shapes is right at every size."""
+    ``get_or_compute(sizes, compute, device, dtype)`` returns ``compute(*sizes)`` (``sizes``: a
+    tuple of (h, w) grids), converted to ``dtype`` when given, computed without grad on the first
+    call for those sizes and that dtype (so bf16 / fp16 inference converts once, not every
+    forward). Sizes that are tensors (traced for ONNX export) are never cached: the value is
+    then computed in the graph, so an export with dynamic shapes is right at every size."""
 
-    def get_or_compute(self, sizes, compute, device=None):
+    def get_or_compute(self, sizes, compute, device=None, dtype=None):
+        def value():
+            out = compute(*sizes)
+            return out if dtype is None else out.to(dtype)
+
         if any(torch.is_tensor(v) for hw in sizes for v in hw):
-            return compute(*sizes)
+            return value()
         sizes = tuple(tuple(int(v) for v in hw) for hw in sizes)
-        key = sizes + (device, )
+        key = sizes + (device, dtype)
         if key not in self:
             with torch.no_grad():
-                self[key] = compute(*sizes)
+                self[key] = value()
         return self[key]
 
 
@@ -154,17 +159,19 @@ class BiasedAttention(nn.Module):
         return official_bias(self.bias_table, self.bias_resolution, q_hw[0] * q_hw[1],
                              k_hw[0] * k_hw[1], self.query_stride)
 
-    def attn_bias(self, q_hw, k_hw=None):
+    def attn_bias(self, q_hw, k_hw=None, dtype=None):
         """(heads, Nq, Nk) bias for queries on a ``q_hw`` grid and keys on ``k_hw`` (default: the
-        same grid). Differentiable in training; cached per grid size in eval mode. When traced
+        same grid), in ``dtype`` (default: float32). Differentiable in training; cached per grid
+        size and dtype in eval mode. When traced
         (ONNX export), the sizes are tensors and the bias is computed in the graph from them,
         so an export with dynamic shapes is right at every size; with fixed shapes the exporter
         folds it into a constant."""
         k_hw = k_hw or q_hw
         if self.training:
-            return self._compute_bias(q_hw, k_hw)
+            bias = self._compute_bias(q_hw, k_hw)
+            return bias if dtype is None else bias.to(dtype)
         return self._bias_cache.get_or_compute((q_hw, k_hw), self._compute_bias,
-                                               self.bias_table.device)
+                                               self.bias_table.device, dtype)
 
 
 class Attention(BiasedAttention):
@@ -207,7 +214,7 @@ class Attention(BiasedAttention):
 
     def forward(self, x, hw):
         q, k, v = self.project_qkv(x)
-        bias = self.attn_bias(hw).to(q.dtype)
+        bias = self.attn_bias(hw, dtype=q.dtype)
         # the scale is applied to q and SDPA's own scale set to 1: mmdeploy's rewrite of SDPA
         # reads `scale` as a divisor, torch as a multiplier; 1 means the same to both
         return self.merge_heads(F.scaled_dot_product_attention(q * self.scale, k, v,

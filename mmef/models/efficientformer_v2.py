@@ -70,7 +70,7 @@ class Attention4D(BiasedAttention):
         q, k = _heads(self.q(x), self.num_heads), _heads(self.k(x), self.num_heads)
         v = self.v(x)
         v_local = self.v_local(v)
-        bias = self.attn_bias((h, w)).to(q.dtype)
+        bias = self.attn_bias((h, w), dtype=q.dtype)
         attn = torch.matmul(q, k.transpose(-2, -1)) * self.scale + bias
         attn = self.talking_head2(self.talking_head1(attn).softmax(dim=-1))
         out = torch.matmul(attn, _heads(v, self.num_heads))
@@ -113,7 +113,7 @@ class Attention4DDownsample(BiasedAttention):
         q, k = _heads(q, self.num_heads), _heads(self.k(x), self.num_heads)
         v = self.v(x)
         v_local = self.v_local(v)
-        bias = self.attn_bias((hq, wq), (h, w)).to(q.dtype)
+        bias = self.attn_bias((hq, wq), (h, w), dtype=q.dtype)
         attn = torch.matmul(q, k.transpose(-2, -1)) * self.scale + bias
         out = torch.matmul(attn.softmax(dim=-1), _heads(v, self.num_heads))
         out = out.transpose(-2, -1).reshape(b, -1, hq, wq) + v_local
