@@ -209,11 +209,12 @@ def test_benchmark_refuses_to_time_a_wrong_runtime(monkeypatch):
     (optional) missing is named with the install command."""
     benchmark = _benchmark_tool()
     ref = torch.randn(1, 8, 4, 6)
-    benchmark._check_outputs('onnxruntime', [ref.numpy() * (1 + 1e-6)], [ref], 1e-4)
+    tol = benchmark.RUNTIME_TOL['f32']
+    benchmark._check_outputs('onnxruntime', [ref.numpy() * (1 + 1e-6)], [ref], tol)
     wrong = ref.clone()
     wrong[0, 0, 0, 0] += 1e-2 * ref.abs().max()
     with pytest.raises(SystemExit, match='onnxruntime output 0 differs from PyTorch by 1.00e-02'):
-        benchmark._check_outputs('onnxruntime', [wrong.numpy()], [ref], 1e-4)
+        benchmark._check_outputs('onnxruntime', [wrong.numpy()], [ref], tol)
     monkeypatch.setitem(sys.modules, 'openvino', None)
     with pytest.raises(SystemExit, match='pip install openvino'):
         benchmark.main(['backbone', '--size', '64', '64', '--runs', '1', '--warmup', '0',
