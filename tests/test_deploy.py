@@ -143,9 +143,12 @@ def test_deploy_model_finds_backbone_and_rejects_others():
         wrapper.train()
 
 
-def test_deployed_mask_rcnn_equals_unfused():
-    """Whole mmdet detector from our config: features and RoI-head outputs on the same proposals
-    (RoIAlign reads the maps' raw memory, so this also checks the output layout)."""
+@pytest.mark.parametrize('config', ['mask-rcnn_efficientformer-l1_fpn_1x_coco.py',
+                                    'mask-rcnn_efficientformerv2-s0_fpn_1x_coco.py'])
+def test_deployed_mask_rcnn_equals_unfused(config):
+    """Whole mmdet detector from our configs (V1, V2): features and RoI-head outputs on the same
+    proposals. mmcv's CPU RoIAlign reads the maps' raw memory as NCHW, so this also checks the
+    output layout (channels_last maps give it silently wrong RoI features)."""
     pytest.importorskip('mmdet', reason='mmdet (with mmcv ops) is not installed')
     from pathlib import Path
 
@@ -156,7 +159,7 @@ def test_deployed_mask_rcnn_equals_unfused():
     from mmengine.registry import init_default_scope
     init_default_scope('mmdet')
     cfg = Config.fromfile(str(Path(__file__).resolve().parents[1] / 'configs' / 'mask_rcnn' /
-                              'mask-rcnn_efficientformer-l1_fpn_1x_coco.py'))
+                              config))
     cfg.model.backbone.pop('init_cfg')
     model = MODELS.build(cfg.model)
     model.init_weights()

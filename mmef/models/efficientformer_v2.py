@@ -304,5 +304,8 @@ class EfficientFormerV2(EfficientFormerBase):
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.out_indices:
-                outs.append(x)
+                # contiguous NCHW maps whatever memory format the stages run in (channels_last
+                # when deployed): mmcv's CPU RoIAlign reads its input as NCHW without looking
+                # at strides, and is silently wrong on channels_last maps
+                outs.append(x.contiguous())
         return tuple(outs)
