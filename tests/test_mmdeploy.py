@@ -2,11 +2,12 @@
 (tools/deploy.py, configs/mmdeploy/, mmef.mmdeploy_compat). Dynamic shapes, traced at the size the
 model's test pipeline gives the 256x352 image (Semantic FPN 512x704, Mask R-CNN 800x1120):
 onnxruntime equals PyTorch at two other shapes (Semantic FPN: one of them the transposed export
-grid), and mmdeploy's own inference path (backend model, test_step) equals mmseg's on an image
-that is resized and padded. Static shapes (the shipped static configs at input_shape 256x352):
-equal at that shape, and the graph refuses any other. Weights are
-random with O(1) layer scales, random BN statistics and bias tables, so that a wrong attention
-scale, a frozen bias or a frozen upsample size cannot hide."""
+grid), and mmdeploy's own inference path (backend model, test_step) equals mmseg's / mmdet's on
+an image that is resized (and, for Semantic FPN, padded). Static shapes (the shipped static
+configs at input_shape 256x352): equal at that shape, and the graph refuses any other. Backbone
+weights are random with O(1) layer scales, random BN statistics and bias tables, so that a wrong
+attention scale, a frozen bias or a frozen upsample size cannot hide; detection heads have
+widely spread scores, so that wrong RoI features cannot hide either."""
 import copy
 import os.path as osp
 import subprocess
@@ -43,6 +44,7 @@ def rel(out, ref):
 
 
 def _model_and_checkpoint(config, tmp_path, seed):
+    torch.manual_seed(seed)  # the heads' own init_weights draw from the global generator
     cfg = Config.fromfile(osp.join(ROOT, config))
     cfg.model.backbone.init_cfg = None
     with DefaultScope.overwrite_default_scope(cfg.default_scope):
@@ -54,13 +56,19 @@ def _model_and_checkpoint(config, tmp_path, seed):
     model.init_weights()
     randomize(model.backbone, seed=seed)
     if cfg.default_scope == 'mmdet':
-        # zero box regression: proposals are the anchors and detections the proposals, so that
-        # random heads still give boxes of real size (degenerate boxes make masks meaningless)
-        for layer in (model.rpn_head.rpn_reg, model.roi_head.bbox_head.fc_reg):
-            torch.nn.init.zeros_(layer.weight)
-            torch.nn.init.zeros_(layer.bias)
-        with torch.no_grad():  # and class 0 above the score threshold (scores still vary)
-            model.roi_head.bbox_head.fc_cls.bias[0] += 5.
+        # heads whose scores spread widely with the features (objectness logits O(1), class
+        # logits O(3)), so that which proposals and detections win depends on the RoI features,
+        # and small box deltas, so that boxes stay of real size (degenerate boxes make masks
+        # meaningless)
+        g = torch.Generator().manual_seed(seed)
+        head = model.roi_head.bbox_head
+        with torch.no_grad():
+            model.rpn_head.rpn_cls.weight.normal_(0, 0.05, generator=g)
+            model.rpn_head.rpn_cls.bias.normal_(0, 1, generator=g)
+            head.fc_cls.weight.normal_(0, 0.2, generator=g)
+            for layer in (model.rpn_head.rpn_reg, head.fc_reg):
+                layer.weight.normal_(0, 0.01, generator=g)
+                layer.bias.zero_()
     model.eval()
     ckpt = str(tmp_path / 'model.pth')
     torch.save({'state_dict': model.state_dict(), 'meta': {}}, ckpt)
@@ -230,9 +238,28 @@ def test_mask_rcnn_dynamic_onnxruntime(arch, tmp_path):
     cfg, model, ckpt, image = _model_and_checkpoint(DET[arch], tmp_path, seed=7)
     path = deploy_tool.main([DEPLOY_DET, osp.join(ROOT, DET[arch]), ckpt, image, '--work-dir',
                              str(tmp_path / 'onnx')])
-    traced = _traced_shape(_task(DEPLOY_DET, osp.join(ROOT, DET[arch])), model, image)
-    assert traced == (800, 1120)
+    task = _task(DEPLOY_DET, osp.join(ROOT, DET[arch]))
+    assert _traced_shape(task, model, image) == (800, 1120)
     _check_mask_rcnn(model, _session(path), OTHER_SIZES)
+
+    # mmdeploy's inference path (backend model, test_step: boxes rescaled and masks pasted onto
+    # the original 300x420 image) against mmdet's (mmdeploy's PyTorch model: deployed backbone)
+    other = str(tmp_path / 'other.jpg')
+    cv2.imwrite(other, (np.random.RandomState(2).rand(300, 420, 3) * 255).astype('uint8'))
+    inputs, _ = task.create_input(other)
+    backend = task.build_backend_model([path], task.update_data_preprocessor)
+    with torch.no_grad():
+        got = backend.test_step(inputs)[0].pred_instances
+        ref = task.build_pytorch_model(ckpt).test_step(inputs)[0].pred_instances
+    top = 20
+    assert len(got) >= top and len(ref) >= top
+    np.testing.assert_array_equal(got.labels[:top].numpy(), ref.labels[:top].numpy())
+    np.testing.assert_allclose(got.scores[:top].numpy(), ref.scores[:top].numpy(), atol=1e-4)
+    np.testing.assert_allclose(got.bboxes[:top].numpy(), ref.bboxes[:top].numpy(), atol=1e-2)
+    assert got.masks.shape[-2:] == ref.masks.shape[-2:] == (300, 420)
+    a, b = got.masks[:top].bool().flatten(1), ref.masks[:top].bool().flatten(1)
+    iou = (a & b).sum(1) / (a | b).sum(1).clamp(min=1)
+    assert iou.min() >= 0.99, iou
 
 
 def test_mask_rcnn_static_onnxruntime(tmp_path):  # V2: the attention constants of both kinds
