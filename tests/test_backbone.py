@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mmef.models import EfficientFormer
+from mmef.models import EfficientFormer, EfficientFormerV2
 from mmef.models.attention import Attention, offset_index, relative_bias
 from weights import randomize
 
@@ -81,14 +81,21 @@ def test_outputs_are_group_normalised():
         torch.testing.assert_close(flat.var(1, unbiased=False), torch.ones(2), rtol=0, atol=1e-3)
 
 
-def test_channels_last_input_matches():
-    model = randomize(EfficientFormer('l1')).eval()
+@pytest.mark.parametrize('build', [lambda: EfficientFormer('l1'), lambda: EfficientFormerV2('s0')],
+                         ids=['v1', 'v2'])
+def test_channels_last_input_matches(build):
+    """Same values, and contiguous NCHW maps out (mmcv's CPU RoIAlign reads raw memory as NCHW),
+    for channels_last inputs and for a model converted to channels_last."""
+    model = randomize(build()).eval()
     x = torch.randn(1, 3, 128, 160)
     with torch.no_grad():
         ref = model(x)
         out = model(x.contiguous(memory_format=torch.channels_last))
-    for a, b in zip(ref, out):
+        out_cl = model.to(memory_format=torch.channels_last)(x)
+    for a, b, c in zip(ref, out, out_cl):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
+        assert b.is_contiguous() and c.is_contiguous()
 
 
 def test_bf16_autocast_is_finite_and_close():

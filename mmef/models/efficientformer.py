@@ -140,5 +140,7 @@ class EfficientFormer(EfficientFormerBase):
             if i in self.out_indices:
                 # tokens become a spatial map only here, at the output
                 feat = x if hw is None else x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *hw)
-                outs.append(getattr(self, f'norm{i}')(feat))
+                # contiguous NCHW whatever the input's memory format: mmcv's CPU RoIAlign reads
+                # its input as NCHW without looking at strides
+                outs.append(getattr(self, f'norm{i}')(feat).contiguous())
         return tuple(outs)
