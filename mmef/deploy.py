@@ -19,9 +19,10 @@ only, the backbone's training modules with the plain modules below:
   conv, the first talking head folded with the bias into one constant per grid size, talking
   heads as matrix products over the heads, softmax in place) and
   :class:`DeployedAttention4DDownsample`;
-* :class:`DeployedGroupNorm` for the outputs: returns contiguous NCHW maps (mmcv 2.1.0's CPU
-  RoIAlign reads raw memory and gives wrong values on channels_last maps) and exports to ONNX
-  as a two-level reduction (see its docstring);
+* :class:`DeployedGroupNorm` for V1's outputs: normalises the channels_last maps as NCHW and
+  exports to ONNX as a two-level reduction (see its docstring). (Both backbones' forwards return
+  contiguous NCHW maps: mmcv 2.1.0's CPU RoIAlign reads raw memory and gives wrong values on
+  channels_last maps.)
 * the stem converts its input to channels_last and the 4D part runs there (oneDNN's 1x1 convs
   and pooling are about twice as fast as on NCHW on CPU; docs/benchmark.md);
 * stochastic depth and activation checkpointing are dropped.
@@ -332,7 +333,7 @@ class DeployedMB3D(_InferenceOnly):
 
 
 class DeployedGroupNorm(_InferenceOnly):
-    """An output GroupNorm that returns contiguous NCHW maps and exports precisely to ONNX.
+    """An output GroupNorm that normalises its map as NCHW and exports precisely to ONNX.
 
     Exported as is, GroupNorm becomes InstanceNormalization, and onnxruntime's reductions over a
     whole large map lose precision when its mean is large next to its spread (stage 0 of L1 at

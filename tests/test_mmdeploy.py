@@ -72,9 +72,22 @@ def _model_and_checkpoint(config, tmp_path, seed):
     model.eval()
     ckpt = str(tmp_path / 'model.pth')
     torch.save({'state_dict': model.state_dict(), 'meta': {}}, ckpt)
-    image = str(tmp_path / 'image.jpg')
-    cv2.imwrite(image, (np.random.RandomState(seed).rand(*EXPORT_SIZE, 3) * 255).astype('uint8'))
-    return cfg, model, ckpt, image
+    return model, ckpt, _image(tmp_path / 'image.jpg', EXPORT_SIZE, seed)
+
+
+def _image(path, size, seed):
+    """A random (H, W) = ``size`` image file; returns its path."""
+    cv2.imwrite(str(path), (np.random.RandomState(seed).rand(*size, 3) * 255).astype('uint8'))
+    return str(path)
+
+
+def _exported(deploy_cfg, config, tmp_path, seed):
+    """A random model of ``config`` and its checkpoint, exported by tools/deploy.py with
+    ``deploy_cfg`` on a 256x352 image: (model, checkpoint, image, ONNX file)."""
+    model, ckpt, image = _model_and_checkpoint(config, tmp_path, seed)
+    path = deploy_tool.main([deploy_cfg, osp.join(ROOT, config), ckpt, image, '--work-dir',
+                             str(tmp_path / 'onnx')])
+    return model, ckpt, image, path
 
 
 def _static_config(base, tmp_path):
@@ -127,6 +140,16 @@ def _task(deploy_cfg, model_cfg):
     return build_task_processor(*load_config(model_cfg, deploy_cfg), 'cpu')
 
 
+def _backend_and_pytorch(task, path, ckpt, image):
+    """mmdeploy's inference path on ``image`` (test pipeline, test_step, results on the
+    original image): its backend model on the ONNX file, and its PyTorch model (mmdet's /
+    mmseg's, with the backbone deployed by mmdeploy)."""
+    inputs, _ = task.create_input(image)
+    backend = task.build_backend_model([path], task.update_data_preprocessor)
+    with torch.no_grad():
+        return backend.test_step(inputs)[0], task.build_pytorch_model(ckpt).test_step(inputs)[0]
+
+
 def _traced_shape(task, model, image):
     """The input size mmdeploy traces on: ``image`` through the test pipeline and the model's
     data preprocessor (resize, then padding)."""
@@ -136,9 +159,7 @@ def _traced_shape(task, model, image):
 
 @pytest.mark.parametrize('arch', sorted(SEG))
 def test_semantic_fpn_dynamic_onnxruntime(arch, tmp_path):
-    cfg, model, ckpt, image = _model_and_checkpoint(SEG[arch], tmp_path, seed=6)
-    path = deploy_tool.main([DEPLOY_SEG, osp.join(ROOT, SEG[arch]), ckpt, image, '--work-dir',
-                             str(tmp_path / 'onnx')])
+    model, ckpt, image, path = _exported(DEPLOY_SEG, SEG[arch], tmp_path, seed=6)
     task = _task(DEPLOY_SEG, osp.join(ROOT, SEG[arch]))
     traced = _traced_shape(task, model, image)
     assert traced == (512, 704)
@@ -146,14 +167,9 @@ def test_semantic_fpn_dynamic_onnxruntime(arch, tmp_path):
 
     # mmdeploy's inference path (our 'mmef_end2end' backend model) against mmseg's, on an image
     # that the pipeline resizes to 512x717 and the preprocessor pads to 512x736
-    other = str(tmp_path / 'other.jpg')
-    cv2.imwrite(other, (np.random.RandomState(1).rand(300, 420, 3) * 255).astype('uint8'))
-    inputs, _ = task.create_input(other)
+    other = _image(tmp_path / 'other.jpg', (300, 420), seed=1)
     assert _traced_shape(task, model, other) == (512, 736)
-    backend = task.build_backend_model([path], task.update_data_preprocessor)
-    with torch.no_grad():
-        got = backend.test_step(inputs)[0]
-        ref = task.build_pytorch_model(ckpt).test_step(inputs)[0]
+    got, ref = _backend_and_pytorch(task, path, ckpt, other)
     logits, ref_logits = got.seg_logits.data.numpy(), ref.seg_logits.data.numpy()
     assert logits.shape == ref_logits.shape == (150, 300, 420)
     assert rel(logits, ref_logits) <= 1e-4
@@ -163,9 +179,8 @@ def test_semantic_fpn_dynamic_onnxruntime(arch, tmp_path):
 
 @pytest.mark.parametrize('arch', sorted(SEG))
 def test_semantic_fpn_static_onnxruntime(arch, tmp_path):
-    cfg, model, ckpt, image = _model_and_checkpoint(SEG[arch], tmp_path, seed=8)
-    path = deploy_tool.main([_static_config(STATIC_SEG, tmp_path), osp.join(ROOT, SEG[arch]),
-                             ckpt, image, '--work-dir', str(tmp_path / 'onnx')])
+    model, ckpt, image, path = _exported(_static_config(STATIC_SEG, tmp_path), SEG[arch],
+                                         tmp_path, seed=8)
     session = _session(path)
     _assert_static(session)
     _check_semantic_fpn(model, session, [EXPORT_SIZE])
@@ -178,7 +193,7 @@ def test_mmdeploy_own_api_gets_the_compat_through_custom_imports(tmp_path):
     """mmdeploy's own tools/deploy.py imports mmdeploy, then loads the model config, whose
     custom_imports import mmef: mmef then registers mmef.mmdeploy_compat itself, and mmdeploy's
     torch2onnx exports without anything imported by hand (without the compat it fails)."""
-    cfg, model, ckpt, image = _model_and_checkpoint(SEG['v2-s0'], tmp_path, seed=10)
+    model, ckpt, image = _model_and_checkpoint(SEG['v2-s0'], tmp_path, seed=10)
     work = str(tmp_path / 'onnx')
     script = (
         'import sys\n'
@@ -235,22 +250,16 @@ def _check_mask_rcnn(model, session, sizes):
 
 @pytest.mark.parametrize('arch', sorted(DET))
 def test_mask_rcnn_dynamic_onnxruntime(arch, tmp_path):
-    cfg, model, ckpt, image = _model_and_checkpoint(DET[arch], tmp_path, seed=7)
-    path = deploy_tool.main([DEPLOY_DET, osp.join(ROOT, DET[arch]), ckpt, image, '--work-dir',
-                             str(tmp_path / 'onnx')])
+    model, ckpt, image, path = _exported(DEPLOY_DET, DET[arch], tmp_path, seed=7)
     task = _task(DEPLOY_DET, osp.join(ROOT, DET[arch]))
     assert _traced_shape(task, model, image) == (800, 1120)
     _check_mask_rcnn(model, _session(path), OTHER_SIZES)
 
     # mmdeploy's inference path (backend model, test_step: boxes rescaled and masks pasted onto
     # the original 300x420 image) against mmdet's (mmdeploy's PyTorch model: deployed backbone)
-    other = str(tmp_path / 'other.jpg')
-    cv2.imwrite(other, (np.random.RandomState(2).rand(300, 420, 3) * 255).astype('uint8'))
-    inputs, _ = task.create_input(other)
-    backend = task.build_backend_model([path], task.update_data_preprocessor)
-    with torch.no_grad():
-        got = backend.test_step(inputs)[0].pred_instances
-        ref = task.build_pytorch_model(ckpt).test_step(inputs)[0].pred_instances
+    got, ref = _backend_and_pytorch(task, path, ckpt, _image(tmp_path / 'other.jpg', (300, 420),
+                                                              seed=2))
+    got, ref = got.pred_instances, ref.pred_instances
     top = 20
     assert len(got) >= top and len(ref) >= top
     np.testing.assert_array_equal(got.labels[:top].numpy(), ref.labels[:top].numpy())
@@ -263,9 +272,8 @@ def test_mask_rcnn_dynamic_onnxruntime(arch, tmp_path):
 
 
 def test_mask_rcnn_static_onnxruntime(tmp_path):  # V2: the attention constants of both kinds
-    cfg, model, ckpt, image = _model_and_checkpoint(DET['v2-s0'], tmp_path, seed=9)
-    path = deploy_tool.main([_static_config(STATIC_DET, tmp_path), osp.join(ROOT, DET['v2-s0']),
-                             ckpt, image, '--work-dir', str(tmp_path / 'onnx')])
+    model, ckpt, image, path = _exported(_static_config(STATIC_DET, tmp_path), DET['v2-s0'],
+                                         tmp_path, seed=9)
     session = _session(path)
     _assert_static(session)
     _check_mask_rcnn(model, session, [EXPORT_SIZE])
