@@ -43,7 +43,7 @@ from .models.base import EfficientFormerBase
 from .registry import DEPLOYERS
 from .models.attention import GridCache
 from .models.efficientformer_v2 import FFN, AttnDownsample, AttnFFN, Attention4D, _heads
-from .models.layers import MB3D, MB4D, ConvNorm, DropPath, LayerScale
+from .models.layers import MB3D, MB4D, ConvNorm, DropPath, LayerScale, Stem
 
 
 class _InferenceOnly(nn.Module):
@@ -418,26 +418,50 @@ def _fold_conv_norms(module):
             _fold_conv_norms(child)
 
 
+def deploy_block(module, channels_last=True, fused_mixer=True):
+    """The inference form of one part of a backbone (eval mode), as :func:`switch_to_deploy`
+    writes it: a :class:`~mmef.models.layers.Stem` (as a Sequential, converting its input to
+    channels_last when ``channels_last``), a ``ConvNorm`` (downsampling), an MB4D / MB3D block,
+    a V2 FFN / AttnFFN block or AttnDownsample, or an output GroupNorm. Other modules are
+    returned as they are. The latency tables (:mod:`mmef.latency`) time blocks in this form, so
+    that what they time is what a deployed backbone runs.
+
+    The module's own submodules are reused (folded in place); do not use it for training after.
+    """
+    module.eval()
+    if isinstance(module, ConvNorm):
+        return fold_conv_norm(module)
+    if isinstance(module, nn.GroupNorm):
+        return DeployedGroupNorm(module)
+    _fold_conv_norms(module)
+    if isinstance(module, Stem):
+        return nn.Sequential(*([ChannelsLast()] if channels_last else []),
+                             module.conv1, module.act, module.conv2, module.act)
+    if isinstance(module, MB4D):
+        return DeployedMB4D(module, fused_mixer=fused_mixer)
+    if isinstance(module, (FFN, AttnFFN)):
+        return DeployedV2Block(module)
+    if isinstance(module, MB3D):
+        return DeployedMB3D(module)
+    if isinstance(module, AttnDownsample):
+        module.attn = DeployedAttention4DDownsample(module.attn)
+    return module
+
+
 def _rewrite(backbone, channels_last, fused_mixer):
     _fold_conv_norms(backbone)
-    stem = backbone.stem
-    backbone.stem = nn.Sequential(*([ChannelsLast()] if channels_last else []),
-                                  stem.conv1, stem.act, stem.conv2, stem.act)
+    backbone.stem = deploy_block(backbone.stem, channels_last)
     for stage in backbone.stages:
         stage.with_cp = False
+        stage.downsample = deploy_block(stage.downsample)
         for i, block in enumerate(stage.blocks):
-            if isinstance(block, MB4D):
-                stage.blocks[i] = DeployedMB4D(block, fused_mixer=fused_mixer)
-            elif isinstance(block, (FFN, AttnFFN)):
-                stage.blocks[i] = DeployedV2Block(block)
+            stage.blocks[i] = deploy_block(block, fused_mixer=fused_mixer)
         for i, block in enumerate(getattr(stage, 'attn_blocks', ())):
-            stage.attn_blocks[i] = DeployedMB3D(block)
-        if isinstance(stage.downsample, AttnDownsample):
-            stage.downsample.attn = DeployedAttention4DDownsample(stage.downsample.attn)
+            stage.attn_blocks[i] = deploy_block(block)
     for i in backbone.out_indices:
         name = f'norm{i}'
         if hasattr(backbone, name):
-            setattr(backbone, name, DeployedGroupNorm(getattr(backbone, name)))
+            setattr(backbone, name, deploy_block(getattr(backbone, name)))
     if channels_last:
         backbone.to(memory_format=torch.channels_last)
     backbone.eval()

@@ -208,16 +208,20 @@ def test_benchmark_tool_runs(capsys):
 
 
 def test_benchmark_refuses_to_time_a_wrong_runtime(monkeypatch):
-    """An onnxruntime / OpenVINO row is timed only when its output equals PyTorch's; OpenVINO
-    (optional) missing is named with the install command."""
+    """An onnxruntime / OpenVINO row is timed only when its output equals PyTorch's
+    (mmef.runtimes.check_outputs); OpenVINO (optional) missing is named with the install
+    command."""
+    from mmef.runtimes import RUNTIME_TOL, check_outputs
     benchmark = _benchmark_tool()
     ref = torch.randn(1, 8, 4, 6)
-    tol = benchmark.RUNTIME_TOL['f32']
-    benchmark._check_outputs('onnxruntime', [ref.numpy() * (1 + 1e-6)], [ref], tol)
+    tol = RUNTIME_TOL['f32']
+    errors = check_outputs('onnxruntime', [ref.numpy() * (1 + 1e-6)], [ref], tol)
+    assert 0 < errors[0] < 2e-6
     wrong = ref.clone()
     wrong[0, 0, 0, 0] += 1e-2 * ref.abs().max()
-    with pytest.raises(SystemExit, match='onnxruntime output 0 differs from PyTorch by 1.00e-02'):
-        benchmark._check_outputs('onnxruntime', [wrong.numpy()], [ref], tol)
+    with pytest.raises(RuntimeError, match=r'onnxruntime differs from PyTorch beyond 0.005 '
+                       r'relative \(output 0: 1.00e-02\)'):
+        check_outputs('onnxruntime', [wrong.numpy()], [ref], tol)
     monkeypatch.setitem(sys.modules, 'openvino', None)
     with pytest.raises(SystemExit, match='pip install openvino'):
         benchmark.main(['backbone', '--size', '64', '64', '--runs', '1', '--warmup', '0',

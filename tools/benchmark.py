@@ -41,7 +41,6 @@ Example:
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -250,93 +249,22 @@ def backbone_runner(name, size, batch, device, fp16):
         model, x = model.half(), x.half()
     if precision == 'bf16':
         model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
-    if precision == 'ort':
-        return onnxruntime_runner(model, x, name)
-    if precision in ('ov', 'ov-bf16'):
-        return openvino_runner(model, x, 'bf16' if precision == 'ov-bf16' else 'f32', name)
+    if precision in ('ort', 'ov', 'ov-bf16'):
+        # exported and checked against PyTorch first (mmef.runtimes)
+        from mmef.runtimes import RuntimeUnavailable, compile_module
+        runtime = dict(ort='onnxruntime', ov='openvino').get(precision, 'openvino-bf16')
+        try:
+            compiled = compile_module(model, x, runtime, device.type, name=name)
+        except (RuntimeUnavailable, RuntimeError) as e:
+            raise SystemExit(f'{name}: {e}')
+        feed = compiled.native(x)
+        return lambda: compiled.run(feed)
     autocast = precision == 'autocast-bf16'
 
     def run():
         with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16,
                                                     enabled=autocast):
             model(x)
-    return run
-
-
-def _onnx_file(model, x):
-    """The model exported at ``x``'s size (mmef.deploy.export_onnx), in a temporary folder, and
-    PyTorch's outputs on ``x``."""
-    import tempfile
-
-    from mmef.deploy import export_onnx
-    path = os.path.join(tempfile.mkdtemp(), 'model.onnx')
-    return path, export_onnx(model, x, path)
-
-
-# A runtime's row is timed only when its outputs are within this much of PyTorch's (of each
-# output's largest magnitude). Wrong exports (a wrong attention scale or bias) are off by 1e-2
-# and more; what fp32 runtimes lose in reductions over a whole large map stays below 2e-3 (at
-# 800x1344, stage 1 of L1: the unfused GroupNorm as onnxruntime's InstanceNormalization 1.1e-3,
-# OpenVINO 1.4e-3; the deployed model in onnxruntime 6e-7).
-RUNTIME_TOL = {'f32': 5e-3, 'bf16': 5e-2}
-
-
-def _check_outputs(runtime, outputs, refs, tol):
-    """Raises SystemExit unless each output is within ``tol`` of PyTorch's, relative to its
-    largest magnitude. Prints the errors."""
-    errors = []
-    for out, ref in zip(outputs, refs):
-        ref = ref.float().cpu().numpy()
-        errors.append(float(abs(out - ref).max() / abs(ref).max()))
-    print(f'{runtime} vs PyTorch, max relative error per output: '
-          + ', '.join(f'{e:.1e}' for e in errors))
-    for i, err in enumerate(errors):
-        if not err <= tol:
-            raise SystemExit(f'{runtime} output {i} differs from PyTorch by {err:.2e} relative '
-                             f'(> {tol}): not timing it')
-
-
-def onnxruntime_runner(model, x, name):
-    """The model exported at ``x``'s size run in onnxruntime (``name``: the row, for messages)."""
-    import onnxruntime as ort
-    path, refs = _onnx_file(model, x)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
-    feed = {'input': x.cpu().numpy()}
-    _check_outputs(f'{name} (onnxruntime)', session.run(None, feed), refs, RUNTIME_TOL['f32'])
-
-    def run():
-        session.run(None, feed)
-    return run
-
-
-def openvino_runner(model, x, precision, name):
-    """The model exported at ``x``'s size run in OpenVINO's CPU plugin with ``precision`` ('f32'
-    or 'bf16') as its inference precision. bf16 is refused where the CPU has no bf16 support
-    (OpenVINO would silently run f32 instead)."""
-    try:
-        import openvino as ov
-    except ImportError:
-        raise SystemExit(':ov rows need OpenVINO, which mmef does not install: pip install openvino')
-    core = ov.Core()
-    capabilities = core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
-    if precision == 'bf16' and 'BF16' not in capabilities:
-        raise SystemExit(f'OpenVINO has no bf16 on this CPU (its capabilities: {capabilities}); '
-                         'drop the :ov-bf16 row')
-    path, refs = _onnx_file(model, x)
-    compiled = core.compile_model(path, 'CPU', {
-        'INFERENCE_NUM_THREADS': torch.get_num_threads(), 'INFERENCE_PRECISION_HINT': precision,
-        'PERFORMANCE_HINT': 'LATENCY'})
-    request = compiled.create_infer_request()
-    feed = x.cpu().numpy()
-    result = request.infer([feed])
-    _check_outputs(f'{name} (OpenVINO {precision})', [result[o] for o in compiled.outputs], refs,
-                   RUNTIME_TOL[precision])
-
-    def run():
-        request.infer([feed])
     return run
 
 
@@ -388,19 +316,6 @@ def attention_runner(name, size, batch, device):
     return run
 
 
-def time_once(run, device):
-    if device.type == 'cuda':
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1000
-    t0 = time.perf_counter()
-    run()
-    return time.perf_counter() - t0
-
-
 def _proc_status_mb(field):
     # VmHWM (peak RSS of this address space) rather than ru_maxrss, which Linux carries over
     # from the parent across fork + exec and so would report the benchmark parent's peak.
@@ -447,24 +362,27 @@ def benchmark(args):
     for run in runners.values():
         for _ in range(args.warmup):
             run()
+    from mmef.runtimes import timer
+    clock = timer(device.type)
     times = {name: [] for name in runners}
     for _ in range(args.runs):
         for name, run in runners.items():
-            times[name].append(time_once(run, device))
+            times[name].append(clock(run)[0])
     return times
 
 
 def report(args, times, memory):
     ref = args.ref if args.ref in times else args.models[0]
     ref_median = statistics.median(times[ref])
-    device = torch.cuda.get_device_name() if args.device == 'cuda' else platform.processor() \
-        or platform.machine()
+    from mmef.runtimes import cpu_info
+    device = torch.cuda.get_device_name() if args.device == 'cuda' else cpu_info()['model']
     print(f'\n{args.task}: batch {args.batch}, input {args.size[0]}x{args.size[1]}, '
           f'{args.device} ({device}), torch {torch.__version__}, {args.threads} threads, '
           f'{args.warmup} warm-up + {args.runs} timed runs (round-robin), '
           f'{"fp16" if args.fp16 else "fp32"}')
     if args.device == 'cpu' and any('bf16' in name for name in times):
-        fast = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        from mmef.runtimes import bf16_kernels
+        fast = bf16_kernels()
         print('CPU bf16 kernels (oneDNN, AVX-512 BF16 / AMX): ' + (
             'yes' if fast else 'no: bf16 runs on slow fallback kernels on this CPU'))
     mem_head = ' | peak RSS MB | RSS above pre-run MB' if memory else ''

@@ -1,0 +1,130 @@
+"""Whole deployed backbones measured on a runtime: the check of a table's predictions, and the
+input-size sweep of the latency report.
+
+All models of one measurement are compiled first and then timed round-robin (one run of each in
+turn), so that load from other processes hits every model alike.
+"""
+import math
+import statistics
+
+import torch
+
+from .blocks import _randomise
+from .space import SearchSpace
+
+
+def deployed_backbone(family, arch, out_indices=(0, 1, 2, 3), seed=0):
+    """An EfficientFormer (``family`` 'v1') or EfficientFormerV2 ('v2') of ``arch`` with random
+    non-trivial weights, deployed (:func:`mmef.deploy.switch_to_deploy`). ``family`` 'resnet'
+    and ``arch`` 18 / 50 give mmdet's ResNet with BN folded, in channels_last (the same
+    treatment), for scale."""
+    if family == 'resnet':
+        import mmdet.models  # noqa: F401  (registers ResNet)
+        from mmcv.cnn import fuse_conv_bn
+        from mmdet.registry import MODELS
+
+        from ..deploy import ChannelsLast
+        model = MODELS.build(dict(type='ResNet', depth=int(arch), out_indices=out_indices,
+                                  norm_eval=True, style='pytorch'))
+        model.eval()
+        model = fuse_conv_bn(_randomise(model, seed)).to(memory_format=torch.channels_last)
+        return torch.nn.Sequential(ChannelsLast(), model).eval()
+    from ..deploy import switch_to_deploy
+    from ..models import EfficientFormer, EfficientFormerV2
+    cls = EfficientFormer if family == 'v1' else EfficientFormerV2
+    model = _randomise(cls(SearchSpace.default(family).arch(arch), out_indices=out_indices),
+                       seed).eval()
+    return switch_to_deploy(model)
+
+
+def arch_label(arch):
+    """A short readable name of an arch dict (or the name itself)."""
+    if isinstance(arch, str):
+        return arch
+    label = f"w{'-'.join(map(str, arch['widths']))}_d{'-'.join(map(str, arch['depths']))}" \
+        f"_a{arch['num_attn_blocks']}"
+    if 'mlp_ratios' in arch:
+        label += '_r' + ''.join(str(int(r)) for rs in arch['mlp_ratios'] for r in rs)
+    return label
+
+
+def measure_models(models, input_size, runtime='torch', device='cpu', threads=None, batch=1,
+                   runs=10, warmup=3, progress=None):
+    """Times each of ``models`` ({label: (family, arch)}) deployed on ``runtime`` at
+    ``input_size``, round-robin; returns {label: [ms per run]}."""
+    from ..runtimes import compile_module, timer
+    x = torch.randn(batch, 3, *input_size)
+    compiled = {}
+    for label, (family, arch) in models.items():
+        if progress:
+            progress(f'compiling {label}')
+        compiled[label] = compile_module(deployed_backbone(family, arch), x, runtime, device,
+                                         threads, name=label)
+    inputs = {label: c.native(x) for label, c in compiled.items()}
+    clock = timer(device)
+    times = {label: [] for label in compiled}
+    for i in range(warmup + runs):
+        if progress:
+            progress(f'run {i + 1}/{warmup + runs}')
+        for label, c in compiled.items():
+            seconds, out = clock(c.run, inputs[label])
+            del out
+            if i >= warmup:
+                times[label].append(seconds * 1e3)
+    return times
+
+
+def spearman(a, b):
+    """Spearman rank correlation of two equal-length sequences (average ranks for ties)."""
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(v):
+            j = i
+            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    var = math.sqrt(sum((x - ma)**2 for x in ra) * sum((y - mb)**2 for y in rb))
+    return cov / var if var else float('nan')
+
+
+def prediction_study(table, archs, runs=10, warmup=3, progress=None):
+    """Predicted against measured latency of each of ``archs`` ({label: arch}) on the table's
+    family, input size, batch, runtime, device and threads. Returns a dict with one row per
+    arch (predicted ms, measured median ms, relative error) and the summary: median and worst
+    absolute relative error and the Spearman rank correlation."""
+    if not archs:
+        raise ValueError('prediction_study needs at least one arch')
+    m = table.meta
+    from ..runtimes import runtime_info
+    here = runtime_info(m['runtime'], m['device'], m['threads'])
+    table.check(allocator=here['allocator'])
+    predicted = {label: table.predict(arch) for label, arch in archs.items()}
+    times = measure_models({label: (table.family, arch) for label, arch in archs.items()},
+                           m['input_size'], m['runtime'], m['device'], m['threads'], m['batch'],
+                           runs, warmup, progress)
+    rows = []
+    for label, arch in archs.items():
+        ts = times[label]
+        measured = statistics.median(ts)
+        q1_q3 = statistics.quantiles(ts, n=4, method='inclusive')[::2] if len(ts) > 1 \
+            else [measured] * 2
+        rows.append(dict(label=label, arch=table.arch(arch) if isinstance(arch, str) else arch,
+                         predicted_ms=predicted[label], measured_ms=measured,
+                         measured_q1_q3=q1_q3,
+                         error=predicted[label] / measured - 1))
+    errors = [abs(r['error']) for r in rows]
+    summary = dict(n=len(rows), median_abs_error=statistics.median(errors),
+                   worst_abs_error=max(errors),
+                   spearman=spearman([r['predicted_ms'] for r in rows],
+                                     [r['measured_ms'] for r in rows]))
+    return dict(table=table.describe(), meta={k: m[k] for k in (
+        'family', 'input_size', 'batch', 'runtime', 'runtime_version', 'device', 'threads',
+        'dtype', 'cpu', 'allocator')}, runs=runs, warmup=warmup, rows=rows, summary=summary)

@@ -1,0 +1,283 @@
+"""Latency tables: block latencies measured on the user's machine, and predictions from them.
+
+A table is JSON a person can read and diff::
+
+    {"format": 1,
+     "meta": {"family": "v1", "input_size": [800, 1344], "batch": 1, "runtime": "torch",
+              "runtime_version": ..., "torch_version": ..., "device": "cpu", "threads": 2,
+              "dtype": "fp32", "cpu": {"model": ..., "flags": [...]}, "runs": 10, "warmup": 3,
+              "date": ..., "space": {...}, "method": ...},
+     "entries": {"stem0:48": {"ms": 12.3, "q1": 12.1, "q3": 12.6, "min": 12.0, "max": 13.1,
+                              "context": ["mb4d0:48"]}, ...}}
+
+``ms`` is the median of ``runs`` timed runs after ``warmup`` runs; ``q1`` / ``q3`` the quartiles.
+Each entry is timed in its deployed form right after the part that precedes it in a network
+(:func:`mmef.latency.blocks.context_of`), so its weights and input are as cold or warm in cache as
+they are there; only the entry itself is inside the timer.
+"""
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+from .blocks import Entry, arch_entries, build_entry, context_of, space_entries
+from .space import SearchSpace
+
+FORMAT = 1
+# what makes a table valid for a question: these must match the one asked
+VALIDITY = ('family', 'input_size', 'batch', 'runtime', 'device', 'allocator')
+
+
+class TableMismatch(ValueError):
+    """A table used for another family, input size, batch, runtime or device than asked."""
+
+
+class MissingEntries(KeyError):
+    """An arch needs entries the table lacks."""
+
+    def __str__(self):
+        return self.args[0]
+
+
+class LatencyTable:
+    """Block latencies of one family at one input size on one runtime (see the module docstring).
+
+    Example:
+        >>> table = LatencyTable.load('work_dirs/lut_v1_800x1344.json')
+        >>> table.predict('l1')                       # milliseconds
+        >>> table.breakdown('l1')['per_kind']         # {'stem': ..., 'mb4d': ..., ...}
+    """
+
+    def __init__(self, meta, entries):
+        self.meta, self.entries = meta, entries
+
+    # ---------------------------------------------------------------- file
+    @classmethod
+    def load(cls, path):
+        with open(path) as f:
+            data = json.load(f)
+        if not isinstance(data, dict) or data.get('format') != FORMAT or 'meta' not in data:
+            raise ValueError(f'{path} is not an mmef latency table (format {FORMAT}); build one '
+                             'with tools/latency_table.py build')
+        return cls(data['meta'], data['entries'])
+
+    def to_json(self):
+        return json.dumps(dict(format=FORMAT, meta=self.meta, entries=dict(sorted(
+            self.entries.items(), key=lambda kv: Entry.parse(kv[0])))), indent=1)
+
+    def save(self, path):
+        """Writes the table atomically (a temporary file renamed over ``path``)."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f'{path}.tmp{os.getpid()}'
+        with open(tmp, 'w') as f:
+            f.write(self.to_json() + '\n')
+        os.replace(tmp, path)
+
+    # ---------------------------------------------------------------- questions
+    @property
+    def family(self):
+        return self.meta['family']
+
+    @property
+    def space(self):
+        return SearchSpace.from_dict(self.meta['space'])
+
+    def describe(self):
+        m = self.meta
+        where = m.get('gpu') or m['cpu']['model']
+        return (f"{m['family']} table, input {m['input_size'][0]}x{m['input_size'][1]}, batch "
+                f"{m['batch']}, {m['runtime']} {m['runtime_version']} ({m['dtype']}) on "
+                f"{m['device']} ({where}), {m['threads']} threads, {len(self.entries)} entries, "
+                f"{m['date']}")
+
+    def check(self, **asked):
+        """Raises :class:`TableMismatch` naming each of ``asked`` (family, input_size, batch,
+        runtime, device, allocator) that differs from the table's."""
+        wrong = []
+        for key, value in asked.items():
+            if key not in VALIDITY:
+                raise ValueError(f'unknown table property {key!r}; valid: {VALIDITY}')
+            if value is None:
+                continue
+            have = self.meta.get(key)
+            value = list(value) if isinstance(value, (tuple, list)) else value
+            if have != value:
+                wrong.append(f'{key} {have} in the table, {value} asked')
+        if wrong:
+            raise TableMismatch('latency table does not fit: ' + '; '.join(wrong) + '. Build a '
+                                'table for what you ask (tools/latency_table.py build)')
+        return self
+
+    def arch(self, arch):
+        """``arch`` (a released name or an arch dict) normalised for the table's family."""
+        return self.space.arch(arch)
+
+    def used(self, arch, out_indices=(0, 1, 2, 3)):
+        """Counter {Entry: count} of the arch; raises :class:`MissingEntries` listing the entries
+        the table lacks (never extrapolates)."""
+        arch = self.arch(arch)
+        used = arch_entries(self.family, arch, out_indices)
+        missing = sorted(e.key for e in used if e.key not in self.entries)
+        if missing:
+            lo, hi = self.meta['space']['min_widths'], self.meta['space']['max_widths']
+            raise MissingEntries(
+                f'the table lacks {len(missing)} entries this arch needs: '
+                f'{", ".join(missing[:12])}{" ..." if len(missing) > 12 else ""} (table widths '
+                f'{lo}..{hi} per stage; arch widths {list(arch["widths"])}). Build a table that '
+                'covers them (tools/latency_table.py build --min-widths / --max-widths)')
+        return used
+
+    def predict(self, arch, out_indices=(0, 1, 2, 3)):
+        """Predicted milliseconds of the deployed backbone: the sum of its entries."""
+        return sum(self.entries[e.key]['ms'] * n for e, n in self.used(arch, out_indices).items())
+
+    def breakdown(self, arch, out_indices=(0, 1, 2, 3)):
+        """Parts of the prediction: ``total``, ``per_stage`` {stage: ms}, ``per_kind``
+        {kind: ms} and ``rows`` [(key, count, ms each, ms total)]."""
+        used = self.used(arch, out_indices)
+        per_stage, per_kind, rows = defaultdict(float), defaultdict(float), []
+        for e, n in sorted(used.items()):
+            ms = self.entries[e.key]['ms']
+            per_stage[e.stage] += ms * n
+            per_kind[e.kind] += ms * n
+            rows.append((e.key, n, ms, ms * n))
+        return dict(total=sum(r[3] for r in rows), per_stage=dict(per_stage),
+                    per_kind=dict(per_kind), rows=rows)
+
+
+# -------------------------------------------------------------------------- building
+def _quartiles(times_ms):
+    q = statistics.quantiles(times_ms, n=4, method='inclusive') if len(times_ms) > 1 \
+        else [times_ms[0]] * 3
+    return dict(ms=round(statistics.median(times_ms), 4), q1=round(q[0], 4), q3=round(q[2], 4),
+                min=round(min(times_ms), 4), max=round(max(times_ms), 4))
+
+
+class _Progress:
+    """A one-line progress bar on stderr: done / total, the entry being timed, elapsed / ETA."""
+
+    def __init__(self, total, done, enabled=True, stream=None):
+        self.total, self.done, self.start, self.new = total, done, time.time(), 0
+        self.enabled, self.stream = enabled, stream or sys.stderr
+
+    def show(self, key):
+        if not self.enabled:
+            return
+        frac = self.done / max(self.total, 1)
+        bar = '#' * int(30 * frac)
+        elapsed = time.time() - self.start
+        eta = elapsed / self.new * (self.total - self.done) if self.new else 0
+        self.stream.write(f'\r[{bar:<30}] {self.done}/{self.total} {key:<18} '
+                          f'{elapsed:5.0f}s elapsed, ~{eta:5.0f}s left ')
+        self.stream.flush()
+
+    def step(self):
+        self.done += 1
+        self.new += 1
+
+    def close(self):
+        if self.enabled:
+            self.stream.write('\n')
+
+
+def time_entry(family, entry, input_size, runtime, device, threads, batch, runs, warmup,
+               contexts=None):
+    """Times ``entry`` (deployed, on ``runtime``) right after its context entry; returns the
+    milliseconds of the ``runs`` timed runs. The timer holds the entry's forward and the release
+    of its input, as inside a network (the next part frees what the previous one made).
+    ``contexts`` caches the compiled context modules between calls (a dict)."""
+    from ..runtimes import compile_module, timer
+    module, example = build_entry(family, entry, input_size, batch)
+    target = compile_module(module, example, runtime, device, threads, name=entry.key)
+    chain = []  # the context: compiled entries run in order, the first on its own example
+    contexts = {} if contexts is None else contexts
+    for ctx_entry in context_of(family, entry):
+        if ctx_entry.key not in contexts:
+            ctx_module, ctx_example = build_entry(family, ctx_entry, input_size, batch, seed=1)
+            compiled = compile_module(ctx_module, ctx_example, runtime, device, threads,
+                                      name=ctx_entry.key)
+            contexts[ctx_entry.key] = (compiled, compiled.native(ctx_example))
+        chain.append(contexts[ctx_entry.key])
+
+    def run_context():
+        x = chain[0][1]
+        for compiled, _ in chain:
+            x = compiled.run(x)
+        return x
+
+    fixed = target.native(example)
+    clock = timer(device)
+    times = []
+    for i in range(warmup + runs):
+        box = [run_context() if chain else fixed]
+        seconds, out = clock(lambda: target.run(box.pop()))
+        del out
+        if i >= warmup:
+            times.append(seconds * 1e3)
+    return times
+
+
+def build_table(family, input_size, out, runtime='torch', device='cpu', threads=None, batch=1,
+                runs=10, warmup=3, space=None, keys=None, progress=True, overwrite=False):
+    """Times every entry of ``space`` (default: the family's whole space) or only ``keys``,
+    and writes the table to ``out`` atomically.
+
+    The entries timed so far are kept in ``out + '.partial'`` (rewritten atomically after each
+    entry): an interrupted build started again with the same settings resumes there without
+    re-timing them; other settings are refused rather than mixed. Returns the table.
+    """
+    import torch
+
+    from ..runtimes import check_available, runtime_info
+    check_available(runtime, device)
+    space = space or SearchSpace.default(family)
+    if space.family != family:
+        raise ValueError(f'search space of family {space.family} given for family {family}')
+    if os.path.exists(out) and not overwrite:
+        raise FileExistsError(f'{out} exists; choose another --out or pass --overwrite to '
+                              'replace it')
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    todo = sorted(space_entries(space)) if keys is None else sorted(Entry.parse(k) for k in keys)
+    meta = dict(family=family, input_size=list(input_size), batch=batch,
+                **runtime_info(runtime, device, threads), runs=runs, warmup=warmup,
+                space=space.to_dict(), method='each entry deployed, timed right after the part '
+                'that precedes it in a network (its context); median of the timed runs',
+                date=datetime.datetime.now().isoformat(timespec='seconds'))
+    partial_path = out + '.partial'
+    entries = {}
+    if os.path.exists(partial_path):
+        partial = LatencyTable.load(partial_path)
+        same = ('family', 'input_size', 'batch', 'runtime', 'runtime_version', 'device',
+                'threads', 'dtype', 'runs', 'warmup', 'torch_version', 'space', 'allocator')
+        diff = [k for k in same if partial.meta.get(k) != meta[k]]
+        if partial.meta['cpu'] != meta['cpu']:
+            diff.append('cpu')
+        if diff:
+            raise TableMismatch(f'{partial_path} holds an interrupted build with other settings '
+                                f'({", ".join(f"{k}: {partial.meta.get(k)}" for k in diff)}); '
+                                'resume it with those settings, or delete it to start anew')
+        entries = {k: v for k, v in partial.entries.items()}
+        meta['date'] = partial.meta['date']
+    bar = _Progress(len(todo), sum(e.key in entries for e in todo), progress)
+    contexts = {}
+    for entry in todo:
+        if entry.key in entries:
+            continue
+        bar.show(entry.key)
+        times = time_entry(family, entry, input_size, runtime, device, threads, batch, runs,
+                           warmup, contexts)
+        entries[entry.key] = dict(_quartiles(times),
+                                  context=[e.key for e in context_of(family, entry)])
+        LatencyTable(meta, entries).save(partial_path)
+        bar.step()
+    bar.close()
+    meta['finished'] = datetime.datetime.now().isoformat(timespec='seconds')
+    table = LatencyTable(meta, entries)
+    table.save(out)
+    if os.path.exists(partial_path):
+        os.remove(partial_path)
+    return table

@@ -1,0 +1,318 @@
+"""Runtimes: one home for running and timing an inference module (a deployed backbone, or one
+block of it) in PyTorch, onnxruntime or OpenVINO, on CPU or CUDA.
+
+Used by ``tools/benchmark.py`` (whole models) and :mod:`mmef.latency` (blocks and whole
+backbones). A runtime takes a module and an example input and gives a :class:`Compiled` that
+runs the module in that runtime on inputs of the example's shape:
+
+* ``torch``: the module itself, fp32, under ``torch.inference_mode`` (CPU or CUDA);
+* ``torch-bf16``: bfloat16 weights and inputs; refused on a CPU without bf16 kernels, where
+  oneDNN falls back to slow reference kernels and the timings would mislead;
+* ``onnxruntime``: the module exported to ONNX at the example's shape
+  (:func:`mmef.deploy.export_onnx`, constants folded), run by onnxruntime's CPU provider;
+* ``openvino``: that ONNX file compiled by OpenVINO's CPU plugin at f32 inference precision
+  (``openvino-bf16``: bf16). OpenVINO is optional: a clear error gives the install command.
+
+Exported runtimes are checked against PyTorch on the example before anything is timed
+(:data:`RUNTIME_TOL`); a wrong export is an error, never a timing.
+"""
+import os
+import platform
+import tempfile
+import time
+
+import torch
+
+RUNTIMES = ('torch', 'torch-bf16', 'onnxruntime', 'openvino', 'openvino-bf16')
+
+# An exported runtime's outputs must be within this much of PyTorch's (of each output's largest
+# magnitude). Wrong exports (a wrong attention scale or bias) are off by 1e-2 and more; what fp32
+# runtimes lose in reductions over a whole large map stays below 2e-3 (at 800x1344, stage 1 of
+# L1: the unfused GroupNorm as onnxruntime's InstanceNormalization 1.1e-3, OpenVINO 1.4e-3; the
+# deployed model in onnxruntime 6e-7).
+RUNTIME_TOL = {'f32': 5e-3, 'bf16': 5e-2}
+
+
+class RuntimeUnavailable(RuntimeError):
+    """The runtime cannot run here; the message says why and what to do."""
+
+
+def bf16_kernels():
+    """Whether this CPU has bf16 kernels (oneDNN with AVX-512 BF16 or AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def cpu_info():
+    """CPU model name and the SIMD flags that decide speed (from /proc/cpuinfo)."""
+    name, flags = platform.processor() or platform.machine(), []
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                if key.strip() == 'model name' and name in ('', platform.machine(),
+                                                          platform.processor()):
+                    name = value.strip()
+                elif key.strip() == 'flags':
+                    flags = sorted(v for v in value.split()
+                                   if v.startswith(('avx', 'amx', 'fma', 'f16c')))
+                    break
+    except OSError:
+        pass
+    return dict(model=name, flags=flags, logical_cores=os.cpu_count())
+
+
+def check_available(runtime, device='cpu'):
+    """Raises :class:`RuntimeUnavailable` (or ValueError for an unknown name) with the reason
+    when ``runtime`` cannot run on ``device`` here."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f'unknown runtime {runtime!r}; choose from {RUNTIMES}')
+    if device not in ('cpu', 'cuda'):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == 'cuda':
+        if not torch.cuda.is_available():
+            raise RuntimeUnavailable('--device cuda: torch sees no CUDA device here')
+        if not runtime.startswith('torch'):
+            raise RuntimeUnavailable(f'{runtime} runs on the CPU here; on CUDA use the torch or '
+                                     'torch-bf16 runtime')
+    if runtime == 'torch-bf16' and device == 'cpu' and not bf16_kernels():
+        raise RuntimeUnavailable(
+            'torch-bf16: this CPU has no bf16 kernels (oneDNN needs AVX-512 BF16 or AMX; '
+            f'/proc/cpuinfo flags here: {" ".join(cpu_info()["flags"]) or "none"}), so bf16 '
+            'would run on slow fallback kernels and its timings would mislead. Use the torch '
+            'runtime (fp32) on this machine.')
+    if runtime == 'onnxruntime':
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise RuntimeUnavailable('the onnxruntime runtime needs onnxruntime: '
+                                     'pip install onnxruntime')
+    if runtime.startswith('openvino'):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise RuntimeUnavailable('the openvino runtime needs OpenVINO, which mmef does not '
+                                     'install: pip install openvino')
+        if runtime == 'openvino-bf16':
+            caps = ov.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
+            if 'BF16' not in caps:
+                raise RuntimeUnavailable(f'openvino-bf16: OpenVINO has no bf16 on this CPU (its '
+                                         f'capabilities: {caps}); it would silently run f32')
+
+
+def runtime_info(runtime, device='cpu', threads=None):
+    """What a timing depends on: runtime and its version, torch, threads, dtype, CPU or GPU."""
+    version = torch.__version__
+    if runtime == 'onnxruntime':
+        import onnxruntime
+        version = onnxruntime.__version__
+    elif runtime.startswith('openvino'):
+        import openvino
+        version = openvino.__version__
+    info = dict(runtime=runtime, runtime_version=version, torch_version=torch.__version__,
+                device=device, threads=threads or torch.get_num_threads(),
+                dtype='bf16' if runtime.endswith('bf16') else 'fp32', cpu=cpu_info(),
+                allocator=allocator_state() if runtime.startswith('torch') else
+                f'{runtime} arena')
+    if device == 'cuda':
+        info['gpu'] = torch.cuda.get_device_name()
+    return info
+
+
+class Compiled:
+    """A module compiled for one runtime at one input shape.
+
+    ``native(x)`` converts a torch tensor to the runtime's input; ``run(x)`` runs one forward on
+    a native input and returns the runtime's outputs (a native array / tensor, or a tuple for
+    several outputs), ready to feed to the next compiled module; ``to_torch(out)`` converts them
+    back. ``reference`` holds PyTorch's fp32 outputs on the example.
+    """
+
+    def __init__(self, run, native, to_torch, reference, name):
+        self.run, self.native, self.to_torch = run, native, to_torch
+        self.reference, self.name = reference, name
+
+    def __call__(self, x):
+        return self.run(x)
+
+
+def _as_list(out):
+    return [out] if torch.is_tensor(out) else list(out)
+
+
+def _torch_compiled(module, example, device, dtype, name):
+    module = module.to(device)
+    with torch.inference_mode():
+        reference = module(example.to(device))
+
+    def native(x):
+        x = x.to(device)
+        return x.to(dtype) if dtype is not None else x
+
+    if dtype is not None:
+        module = module.to(dtype)
+
+    def run(x):
+        with torch.inference_mode():
+            return module(x)
+
+    def to_torch(out):
+        return [o.float().cpu() for o in _as_list(out)]
+    return Compiled(run, native, to_torch, reference, name)
+
+
+def _onnx_file(module, example, workdir):
+    from .deploy import export_onnx
+    path = os.path.join(workdir or tempfile.mkdtemp(prefix='mmef-onnx-'), 'model.onnx')
+    return path, export_onnx(module, example, path)
+
+
+def check_outputs(name, outputs, refs, tol):
+    """Errors of ``outputs`` (arrays) against ``refs`` (tensors), each relative to the largest
+    magnitude of its reference; raises :class:`RuntimeError` beyond ``tol``."""
+    errors = []
+    for out, ref in zip(outputs, refs):
+        ref = ref.float().cpu().numpy()
+        scale = max(float(abs(ref).max()), 1e-12)
+        errors.append(float(abs(out - ref).max()) / scale)
+    bad = [f'output {i}: {e:.2e}' for i, e in enumerate(errors) if not e <= tol]
+    if bad:
+        raise RuntimeError(f'{name} differs from PyTorch beyond {tol} relative ({", ".join(bad)})'
+                           ': not timing it')
+    return errors
+
+
+def _numpy_native(x):
+    return x.detach().float().cpu().contiguous().numpy()
+
+
+def _from_numpy(out):
+    return [torch.from_numpy(o) for o in _as_list_np(out)]
+
+
+def _as_list_np(out):
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def compile_module(module, example, runtime='torch', device='cpu', threads=None, workdir=None,
+                   name=None):
+    """Compiles an inference module for ``runtime`` at ``example``'s shape (see the module
+    docstring). Exported runtimes are checked against PyTorch on ``example`` first.
+
+    Args:
+        module (nn.Module): In eval mode (e.g. deployed); single tensor input.
+        example (Tensor): An input of the shape to run.
+        runtime (str): One of :data:`RUNTIMES`.
+        device (str): 'cpu' or 'cuda' (torch runtimes only).
+        threads (int, optional): Intra-op threads of onnxruntime / OpenVINO (default: torch's).
+        workdir (str, optional): Where ONNX files go (default: a new temporary folder).
+        name (str, optional): For messages.
+    """
+    check_available(runtime, device)
+    name = name or type(module).__name__
+    threads = threads or torch.get_num_threads()
+    if runtime.startswith('torch'):
+        return _torch_compiled(module, example, device,
+                               torch.bfloat16 if runtime == 'torch-bf16' else None, name)
+    path, refs = _onnx_file(module, example, workdir)
+    single = torch.is_tensor(refs) or len(refs) == 1
+    reference = refs[0] if single else refs
+    feed_example = _numpy_native(example)
+    if runtime == 'onnxruntime':
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+        input_name = session.get_inputs()[0].name
+
+        def run(x):
+            out = session.run(None, {input_name: x})
+            return out[0] if single else tuple(out)
+        tol = RUNTIME_TOL['f32']
+    else:
+        import openvino as ov
+        precision = 'bf16' if runtime == 'openvino-bf16' else 'f32'
+        compiled = ov.Core().compile_model(path, 'CPU', {
+            'INFERENCE_NUM_THREADS': threads, 'INFERENCE_PRECISION_HINT': precision,
+            'PERFORMANCE_HINT': 'LATENCY'})
+        request = compiled.create_infer_request()
+        outputs = compiled.outputs
+
+        def run(x):
+            result = request.infer([x])
+            out = [result[o] for o in outputs]
+            return out[0] if single else tuple(out)
+        tol = RUNTIME_TOL[precision]
+    check_outputs(f'{name} ({runtime})', _as_list_np(run(feed_example)), _as_list(refs), tol)
+    return Compiled(run, _numpy_native, _from_numpy, reference, name)
+
+
+_LIBC = []
+_ALLOCATOR = {'kept': False}
+# glibc's mallopt parameters and the largest mmap threshold it accepts (64-bit)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX = -1, -3, 32 * 2**20
+
+
+def _libc():
+    if not _LIBC:
+        import ctypes
+        import ctypes.util
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+            _LIBC.append(libc if hasattr(libc, 'mallopt') and hasattr(libc, 'malloc_trim')
+                         else None)
+        except OSError:
+            _LIBC.append(None)
+    return _LIBC[0]
+
+
+def keep_freed_memory():
+    """Keeps freed buffers of up to 32 MB in the process's heap for reuse (glibc ``mallopt``:
+    mmap threshold 32 MB, its maximum, and no trimming), process-wide.
+
+    With glibc's defaults, a deployed backbone's large activation buffers go back to the
+    system when freed and fault fresh pages in on every forward: measured here, 17 % of the
+    deployed L1's time at 512x512 (docs/latency.md). The same is set from outside the process
+    with ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=2147483647``. Buffers
+    over 32 MB are still mapped and unmapped each time (glibc refuses a higher threshold).
+    The process keeps its peak heap. Returns False where the C library is not glibc (nothing
+    done).
+    """
+    libc = _libc()
+    if libc is None:
+        return False
+    import ctypes
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) and \
+        libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(2**31 - 1))
+    _ALLOCATOR['kept'] = bool(ok)
+    return bool(ok)
+
+
+def allocator_state():
+    """How this process's C heap treats freed memory: 'kept' (:func:`keep_freed_memory` or
+    the equivalent MALLOC_* environment variables) or 'glibc default'."""
+    env = {k: v for k, v in os.environ.items()
+           if k in ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_', 'LD_PRELOAD')}
+    if _ALLOCATOR['kept']:
+        return 'kept (mmef.runtimes.keep_freed_memory)'
+    return f'environment {env}' if env else 'glibc default'
+
+
+def timer(device='cpu'):
+    """A function ``time(fn, *args)`` returning (seconds, fn's result); CUDA events on CUDA."""
+    if device == 'cuda':
+        def time_cuda(fn, *args):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = fn(*args)
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / 1000, out
+        return time_cuda
+
+    def time_cpu(fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        return time.perf_counter() - t0, out
+    return time_cpu

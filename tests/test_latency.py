@@ -1,0 +1,303 @@
+"""Latency tables (mmef.latency, tools/latency_table.py): the search space, the entries an arch
+uses, table files, predictions, refusals and resumable builds. Tiny sizes and few runs: the
+timings themselves are not asserted (the prediction accuracy is measured by the tool and
+recorded in docs/latency.md)."""
+import json
+import os.path as osp
+import sys
+
+import pytest
+import torch
+
+from mmef.latency import (Entry, LatencyTable, MissingEntries, SearchSpace, TableMismatch,
+                          arch_entries, build_table, space_entries)
+from mmef.latency import table as table_module
+from mmef.latency.blocks import KINDS, build_entry, context_of, stage_sizes
+from mmef.models import EfficientFormer, EfficientFormerV2
+from tool_helpers import ROOT
+
+sys.path.insert(0, osp.join(ROOT, 'tools'))
+import latency_table as tool  # noqa: E402
+
+SIZE = (40, 56)  # stages 10x14, 5x7, 3x4, 2x2
+NARROW = dict(min_widths=16, max_widths=32)
+
+
+def tiny_table(tmp_path, family='v1', runtime='torch', keys=None, name='t.json', space=None):
+    space = space or SearchSpace.default(family).with_widths(**NARROW)
+    return build_table(family, SIZE, str(tmp_path / name), runtime, threads=1, runs=2, warmup=1,
+                       space=space, keys=keys, progress=False)
+
+
+# ---------------------------------------------------------------------------- search space
+def test_default_spaces_span_the_released_variants():
+    v1, v2 = SearchSpace.default('v1'), SearchSpace.default('v2')
+    assert (v1.step, v1.max_widths, v1.max_depths) == (16, (96, 192, 384, 768), (6, 6, 18, 8))
+    assert (v2.step, v2.max_widths, v2.max_depths) == (8, (40, 80, 192, 384), (5, 5, 15, 10))
+    for name in EfficientFormer.arch_settings:
+        assert v1.violations(name) == []
+    for name in EfficientFormerV2.arch_settings:
+        assert v2.violations(name) == []
+
+
+def test_space_refuses_archs_outside_it():
+    v1 = SearchSpace.default('v1')
+    bad = dict(widths=(40, 96, 224, 448), depths=(3, 2, 6, 9), num_attn_blocks=1)
+    with pytest.raises(ValueError, match='stage 0 width 40 is not a multiple of 16.*stage 3 '
+                       r'depth 9 is not in \[1, 8\]'):
+        v1.check(bad)
+    with pytest.raises(ValueError, match='min_widths must be 4 multiples of 16'):
+        v1.with_widths(min_widths=24)
+    with pytest.raises(ValueError, match='exceed max_widths'):
+        v1.with_widths(min_widths=64, max_widths=32)
+
+
+def test_random_archs_are_seeded_valid_and_varied():
+    for family in ('v1', 'v2'):
+        space = SearchSpace.default(family)
+        archs = space.random_archs(30, seed=3)
+        assert archs == space.random_archs(30, seed=3)
+        assert archs != space.random_archs(30, seed=4)
+        for arch in archs:
+            assert space.violations(arch) == []
+        assert len({a['num_attn_blocks'] for a in archs}) > 3
+        assert len({a['widths'] for a in archs}) == 30
+
+
+def test_every_arch_of_the_space_maps_to_entries_the_table_has():
+    """The table's entry list (space_entries) covers every arch of the space: released, random
+    and the extremes, for every set of outputs."""
+    for family, cls in (('v1', EfficientFormer), ('v2', EfficientFormerV2)):
+        space = SearchSpace.default(family)
+        have = set(space_entries(space))
+        archs = [space.arch(n) for n in cls.arch_settings] + space.random_archs(200, seed=0)
+        lo = dict(widths=space.min_widths, depths=(1, 1, 1, 1), num_attn_blocks=1)
+        hi = dict(widths=space.max_widths, depths=space.max_depths,
+                  num_attn_blocks=space.max_depths[3] if family == 'v1' else
+                  min(space.max_depths[2:]))
+        if family == 'v2':
+            lo['mlp_ratios'] = [[3]] * 4
+            hi['mlp_ratios'] = [[4] * d for d in space.max_depths]
+        archs += [space.check(lo), space.check(hi)]
+        for arch in archs:
+            for out_indices in ((0, 1, 2, 3), (3, ), (1, 2)):
+                used = arch_entries(family, arch, out_indices)
+                assert set(used) <= have, set(used) - have
+                assert sum(used.values()) >= 1 + 3 + sum(arch['depths'])
+
+
+def test_entry_keys_round_trip():
+    for family in ('v1', 'v2'):
+        for e in space_entries(SearchSpace.default(family).with_widths(max_widths=48)):
+            assert Entry.parse(e.key) == e
+    with pytest.raises(ValueError, match='not a latency-table entry key'):
+        Entry.parse('mb4d:48')
+
+
+def _network_from_entries(family, arch, size):
+    """Chains the modules the table times for ``arch`` and checks that each hands the next one
+    an input of the shape and layout it is built for: the entries are the network."""
+    used = arch_entries(family, arch)
+    order = sorted(used, key=lambda e: (e.stage, KINDS[family].index(e.kind)))
+    x = None
+    for e in order:
+        if e.kind in ('norm', 'normt', 'out'):
+            continue
+        module, example = build_entry(family, e, size)
+        if x is not None:
+            assert x.shape == example.shape, (e.key, x.shape, example.shape)
+            assert x.is_contiguous(memory_format=torch.channels_last) == \
+                example.is_contiguous(memory_format=torch.channels_last), e.key
+        with torch.no_grad():
+            for _ in range(used[e]):
+                x = module(example if x is None else x)
+    return x
+
+
+@pytest.mark.parametrize('size', [(72, 104), (104, 72)])
+def test_entries_chain_into_the_backbone_shapes(size):
+    arch = dict(widths=(32, 48, 64, 80), depths=(1, 2, 1, 2), num_attn_blocks=1)
+    x = _network_from_entries('v1', arch, size)
+    ref = EfficientFormer(arch).eval()(torch.rand(1, 3, *size))[-1]
+    assert x.shape == (1, ref.shape[2] * ref.shape[3], 80)
+    arch2 = dict(widths=(32, 48, 64, 80), depths=(1, 1, 2, 2), num_attn_blocks=1,
+                 mlp_ratios=[[4], [3], [4, 3], [3, 4]])
+    x = _network_from_entries('v2', arch2, size)
+    assert x.shape == EfficientFormerV2(arch2).eval()(torch.rand(1, 3, *size))[-1].shape
+
+
+# ---------------------------------------------------------------------------- table files
+def test_table_round_trip_and_metadata(tmp_path):
+    table = tiny_table(tmp_path)
+    path = tmp_path / 't.json'
+    assert not osp.exists(str(path) + '.partial')
+    loaded = LatencyTable.load(str(path))
+    assert loaded.entries == table.entries and loaded.meta == table.meta
+    assert set(table.entries) == {e.key for e in space_entries(table.space)}
+    m = loaded.meta
+    for key in ('family', 'input_size', 'batch', 'runtime', 'runtime_version', 'threads',
+                'dtype', 'cpu', 'torch_version', 'date', 'runs', 'warmup', 'device'):
+        assert key in m, key
+    assert m['input_size'] == list(SIZE) and m['threads'] == 1 and m['dtype'] == 'fp32'
+    assert m['cpu']['model']
+    for key, row in loaded.entries.items():
+        assert row['min'] <= row['q1'] <= row['ms'] <= row['q3'] <= row['max'], key
+        assert row['context'] == [c.key for c in context_of('v1', Entry.parse(key))]
+    text = path.read_text()
+    assert json.loads(text)['format'] == 1 and '\n' in text  # readable and diffable
+    with pytest.raises(FileExistsError, match='--overwrite'):
+        tiny_table(tmp_path)
+
+
+def test_predict_is_the_sum_of_the_entries_the_arch_uses(tmp_path):
+    table = tiny_table(tmp_path)
+    e = table.entries
+    arch = dict(widths=(16, 32, 32, 16), depths=(2, 1, 3, 4), num_attn_blocks=3)
+    # independent count: stem, 3 downsamplings, 2 + 1 + 3 + 1 MB4D (the first of each stage
+    # its own entry), flatten, 3 MB3D (the first its own entry), 4 norms
+    expected = (e['stem0:16']['ms'] + e['down1:16>32']['ms'] + e['down2:32>32']['ms']
+                + e['down3:32>16']['ms'] + e['mb4df0:16']['ms'] + e['mb4d0:16']['ms']
+                + e['mb4df1:32']['ms'] + e['mb4df2:32']['ms'] + 2 * e['mb4d2:32']['ms']
+                + e['mb4df3:16']['ms'] + e['flatten3:16']['ms'] + e['mb3df3:16']['ms']
+                + 2 * e['mb3d3:16']['ms'] + e['norm0:16']['ms'] + e['norm1:32']['ms']
+                + e['norm2:32']['ms'] + e['normt3:16']['ms'])
+    assert table.predict(arch) == pytest.approx(expected, rel=1e-12)
+    parts = table.breakdown(arch)
+    assert parts['total'] == pytest.approx(expected, rel=1e-12)
+    assert sum(parts['per_stage'].values()) == pytest.approx(expected, rel=1e-12)
+    assert sum(parts['per_kind'].values()) == pytest.approx(expected, rel=1e-12)
+    assert parts['per_kind']['mb3d'] == pytest.approx(2 * e['mb3d3:16']['ms'])
+    assert parts['per_kind']['mb3df'] == pytest.approx(e['mb3df3:16']['ms'])
+    # only stage 3 as output: no other norms, stage 3's from tokens
+    only_last = expected - sum(e[k]['ms'] for k in ('norm0:16', 'norm1:32', 'norm2:32'))
+    assert table.predict(arch, out_indices=(3, )) == pytest.approx(only_last, rel=1e-12)
+
+
+def test_predict_refuses_missing_entries_and_mismatched_tables(tmp_path):
+    table = tiny_table(tmp_path)
+    with pytest.raises(MissingEntries, match=r'lacks .* entries this arch needs: down1:48>96'):
+        table.predict('l1')
+    with pytest.raises(ValueError, match='Unknown EfficientFormer arch'):
+        table.predict('l9')
+    table.check(family='v1', input_size=SIZE, runtime='torch', batch=1, device='cpu')
+    with pytest.raises(TableMismatch, match=r'input_size \[40, 56\] in the table, \[800, 1344\] '
+                       r'asked; runtime torch in the table, onnxruntime asked'):
+        table.check(input_size=(800, 1344), runtime='onnxruntime')
+    with pytest.raises(TableMismatch, match='family v1 in the table, v2 asked'):
+        table.check(family='v2')
+    path = str(tmp_path / 't.json')
+    with pytest.raises(SystemExit, match='input_size'):
+        tool.main(['predict', path, '--arch', 'l1', '--size', '512', '512'])
+    with pytest.raises(SystemExit, match='lacks'):
+        tool.main(['predict', path, '--arch', 'l1'])
+    not_a_table = tmp_path / 'x.json'
+    not_a_table.write_text('{"a": 1}')
+    with pytest.raises(ValueError, match='not an mmef latency table'):
+        LatencyTable.load(str(not_a_table))
+
+
+def test_interrupted_build_resumes_without_retiming(tmp_path, monkeypatch):
+    space = SearchSpace.default('v1').with_widths(min_widths=16, max_widths=16)
+    all_keys = [e.key for e in space_entries(space)]
+    timed = []
+    real = table_module.time_entry
+
+    def flaky(family, entry, *args, **kwargs):
+        if len(timed) == 4:
+            raise KeyboardInterrupt
+        timed.append(entry.key)
+        return real(family, entry, *args, **kwargs)
+
+    monkeypatch.setattr(table_module, 'time_entry', flaky)
+    out = tmp_path / 'r.json'
+    with pytest.raises(KeyboardInterrupt):
+        tiny_table(tmp_path, name='r.json', space=space)
+    assert not out.exists()
+    partial = LatencyTable.load(str(out) + '.partial')
+    assert sorted(partial.entries) == sorted(timed)
+    first = dict(partial.entries)
+    # other settings are refused, not mixed into the interrupted build
+    with pytest.raises(TableMismatch, match='interrupted build with other settings.*runs'):
+        build_table('v1', SIZE, str(out), threads=1, runs=3, warmup=1, space=space,
+                    progress=False)
+    timed.clear()
+    monkeypatch.setattr(table_module, 'time_entry', lambda *a, **k: (timed.append(a[1].key),
+                                                                     real(*a, **k))[1])
+    table = tiny_table(tmp_path, name='r.json', space=space)
+    assert sorted(timed) == sorted(set(all_keys) - set(first))
+    assert sorted(table.entries) == sorted(all_keys)
+    assert all(table.entries[k] == v for k, v in first.items())
+    assert out.exists() and not osp.exists(str(out) + '.partial')
+
+
+# ---------------------------------------------------------------------------- runtimes, CLI
+def test_onnxruntime_table_and_v2_entries(tmp_path):
+    keys = ['mb4d1:32', 'mb3d3:16', 'normt3:16']
+    table = tiny_table(tmp_path, runtime='onnxruntime', keys=keys)
+    assert sorted(table.entries) == sorted(keys)
+    assert table.meta['runtime'] == 'onnxruntime' and table.meta['runtime_version']
+    v2keys = ['stem0:16', 'adown3:16>24', 'attn2:32x4', 'attn3:16x3', 'out3:16']
+    v2 = tiny_table(tmp_path, family='v2', keys=v2keys, name='v2.json',
+                    space=SearchSpace.default('v2').with_widths(16, 32))
+    assert sorted(v2.entries) == sorted(v2keys) and v2.family == 'v2'
+
+
+def test_unavailable_runtimes_are_refused_with_the_reason(monkeypatch, tmp_path):
+    from mmef import runtimes
+    monkeypatch.setattr(runtimes, 'bf16_kernels', lambda: False)
+    with pytest.raises(runtimes.RuntimeUnavailable, match='no bf16 kernels.*Use the torch'):
+        runtimes.check_available('torch-bf16')
+    monkeypatch.setitem(sys.modules, 'openvino', None)
+    with pytest.raises(SystemExit, match='pip install openvino'):
+        tool.main(['build', '--family', 'v1', '--size', '40', '56', '--runtime', 'openvino',
+                   '--out', str(tmp_path / 'ov.json')])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match='no CUDA device'):
+            tool.main(['build', '--family', 'v1', '--size', '40', '56', '--device', 'cuda',
+                       '--out', str(tmp_path / 'cuda.json')])
+    with pytest.raises(runtimes.RuntimeUnavailable, match='runs on the CPU here|no CUDA'):
+        runtimes.check_available('onnxruntime', 'cuda')
+    with pytest.raises(ValueError, match='unknown runtime'):
+        runtimes.check_available('tensorrt')
+
+
+def test_cli_build_predict_study_report(tmp_path, capsys):
+    path = str(tmp_path / 'cli.json')
+    arch = {'widths': [16, 32, 32, 32], 'depths': [1, 1, 2, 2], 'num_attn_blocks': 1}
+    tool.main(['build', '--family', 'v1', '--size', *map(str, SIZE), '--threads', '1',
+               '--runs', '2', '--warmup', '0', '--archs', json.dumps(arch), '--out', path,
+               '--no-progress'])
+    table = LatencyTable.load(path)
+    assert set(table.entries) == {e.key for e in arch_entries('v1', table.arch(arch))}
+    tool.main(['predict', path, '--arch', json.dumps(arch), '--rows', '--family', 'v1',
+               '--size', *map(str, SIZE)])
+    out = capsys.readouterr().out
+    assert f'predicted: {table.predict(arch):.2f} ms' in out and '| mb3df3:32 | 1 |' in out
+    # a study on a table of the narrow space: one named arch and two random ones
+    narrow = str(tmp_path / 'narrow.json')
+    tool.main(['build', '--family', 'v1', '--size', *map(str, SIZE), '--threads', '1',
+               '--runs', '2', '--warmup', '0', '--min-widths', '16', '--max-widths', '32',
+               '--out', narrow, '--no-progress'])
+    study = str(tmp_path / 'study.json')
+    tool.main(['study', narrow, '--archs', '--random', '2', '--seed', '1', '--runs', '2',
+               '--warmup', '0', '--out', study])
+    result = json.load(open(study))
+    space = LatencyTable.load(narrow).space
+    assert [r['arch'] for r in result['rows']] == [
+        {k: list(v) if isinstance(v, tuple) else v for k, v in a.items()}
+        for a in space.random_archs(2, seed=1)]
+    for row in result['rows']:
+        assert row['predicted_ms'] == pytest.approx(LatencyTable.load(narrow).predict(row['arch']))
+        assert row['error'] == pytest.approx(row['predicted_ms'] / row['measured_ms'] - 1)
+    assert result['summary']['n'] == 2 and result['meta']['threads'] == 1
+    out_dir = tmp_path / 'report'
+    tool.main(['report', path, study, '--out-dir', str(out_dir)])
+    assert (out_dir / 'prediction.png').stat().st_size > 1000
+    assert '| v1 | 40x56 | torch' in (out_dir / 'report.md').read_text()
+
+
+def test_stage_sizes_follow_the_backbone():
+    for size in ((40, 56), (37, 61), (800, 1344), (512, 512)):
+        outs = EfficientFormer(dict(widths=(16, 16, 16, 16), depths=(1, 1, 1, 1),
+                                    num_attn_blocks=0)).eval()(torch.rand(1, 3, *size))
+        assert stage_sizes(size) == [tuple(o.shape[-2:]) for o in outs]

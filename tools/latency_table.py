@@ -1,0 +1,254 @@
+"""Latency tables of EfficientFormer blocks on this machine, predictions, checks and the report.
+
+Subcommands:
+  build     time every block the search space can use (deployed, at the map size of its stage)
+            on a runtime and write the table (JSON); resumes an interrupted build
+  predict   predicted latency of a backbone (a released name or a JSON arch dict) and its parts
+  study     predicted against measured whole deployed backbones: the released variants and
+            seeded random archs of the search space; writes the rows and the summary (JSON)
+  sweep     measured whole deployed backbones at several input sizes (V1, V2, mmdet ResNet-50)
+  report    figures (PNG) and markdown tables from tables, studies and sweeps
+
+Examples:
+  python tools/latency_table.py build --family v1 --size 800 1344 --runtime torch --threads 2 \\
+      --out work_dirs/lut_v1_800x1344.json
+  python tools/latency_table.py predict work_dirs/lut_v1_800x1344.json --arch l1
+  python tools/latency_table.py predict work_dirs/lut_v1_800x1344.json \\
+      --arch '{"widths": [48, 96, 224, 448], "depths": [3, 2, 6, 4], "num_attn_blocks": 1}'
+  python tools/latency_table.py study work_dirs/lut_v1_800x1344.json --random 20 \\
+      --out work_dirs/study_v1_800x1344.json
+  python tools/latency_table.py report work_dirs/*.json --out-dir docs/latency
+"""
+import argparse
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def _arch(text):
+    text = text.strip()
+    return json.loads(text) if text.startswith('{') else text
+
+
+def _hw(text):
+    try:
+        h, w = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'sizes are HxW, e.g. 800x1344; got {text!r}')
+    return h, w
+
+
+def _widths(values):
+    if values is None:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
+def cmd_build(args):
+    from mmef.latency import SearchSpace, build_table
+    from mmef.latency.blocks import arch_entries
+    space = SearchSpace.default(args.family).with_widths(_widths(args.min_widths),
+                                                        _widths(args.max_widths))
+    keys = None
+    if args.archs:
+        keys = sorted({e.key for a in args.archs
+                       for e in arch_entries(args.family, space.check(_arch(a)))})
+    table = build_table(args.family, tuple(args.size), args.out, args.runtime, args.device,
+                        args.threads, args.batch, args.runs, args.warmup, space, keys,
+                        progress=not args.no_progress, overwrite=args.overwrite)
+    print(f'{args.out}: {table.describe()}')
+
+
+def cmd_predict(args):
+    from mmef.latency import LatencyTable
+    table = LatencyTable.load(args.table)
+    table.check(family=args.family, input_size=args.size, runtime=args.runtime,
+                device=args.device, batch=args.batch)
+    out_indices = tuple(args.out_indices)
+    parts = table.breakdown(_arch(args.arch), out_indices)
+    print(table.describe())
+    print(f'predicted: {parts["total"]:.2f} ms')
+    print('per stage: ' + ', '.join(f'{s}: {v:.2f}' for s, v in sorted(parts['per_stage'].items())))
+    print('per kind:  ' + ', '.join(f'{k}: {v:.2f}' for k, v in parts['per_kind'].items()))
+    if args.rows:
+        print('| entry | count | ms each | ms |\n|---|---|---|---|')
+        for key, n, each, total in parts['rows']:
+            print(f'| {key} | {n} | {each:.3f} | {total:.2f} |')
+
+
+def cmd_study(args):
+    import torch
+
+    from mmef.latency import LatencyTable
+    from mmef.latency.measure import arch_label, prediction_study
+    table = LatencyTable.load(args.table)
+    torch.set_num_threads(table.meta['threads'])
+    space = table.space
+    archs = {name: name for name in (args.archs or [])}
+    for arch in space.random_archs(args.random, args.seed):
+        archs[arch_label(arch)] = arch
+    result = prediction_study(table, archs, args.runs, args.warmup,
+                              progress=lambda s: print(f'  {s}', file=sys.stderr, flush=True))
+    result['seed'] = args.seed
+    print(result['table'])
+    print('| arch | predicted ms | measured ms | error |\n|---|---|---|---|')
+    for r in result['rows']:
+        print(f"| {r['label']} | {r['predicted_ms']:.1f} | {r['measured_ms']:.1f} | "
+              f"{100 * r['error']:+.1f} % |")
+    s = result['summary']
+    print(f"{s['n']} archs: median |error| {100 * s['median_abs_error']:.1f} %, worst "
+          f"{100 * s['worst_abs_error']:.1f} %, Spearman {s['spearman']:.3f}")
+    if args.out:
+        _write_json(args.out, dict(kind='study', **result))
+
+
+def cmd_sweep(args):
+    import statistics
+
+    import torch
+
+    from mmef.latency.measure import measure_models
+    from mmef.runtimes import runtime_info
+    torch.set_num_threads(args.threads)
+    models = {}
+    for name in args.models:
+        family = 'resnet' if name.startswith('r') else 'v2' if name.startswith('v2') else 'v1'
+        models[name] = (family, name[1:] if family == 'resnet' else
+                        name[2:] if family == 'v2' else name)
+    rows = []
+    for hw in args.sizes:
+        print(f'input {hw[0]}x{hw[1]}', file=sys.stderr, flush=True)
+        times = measure_models(models, hw, args.runtime, args.device, args.threads, 1,
+                               args.runs, args.warmup)
+        for name, ts in times.items():
+            rows.append(dict(model=name, input_size=list(hw), ms=statistics.median(ts)))
+            print(f'| {name} | {hw[0]}x{hw[1]} | {rows[-1]["ms"]:.1f} |')
+    _write_json(args.out, dict(kind='sweep', meta=runtime_info(args.runtime, args.device,
+                                                                args.threads),
+                               runs=args.runs, warmup=args.warmup, rows=rows))
+
+
+def cmd_report(args):
+    from mmef.latency.report import write_report
+    written = write_report(args.inputs, args.out_dir)
+    for path in written:
+        print(path)
+
+
+def _write_json(path, data):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w') as f:
+        json.dump(data, f, indent=1)
+        f.write('\n')
+    os.replace(tmp, path)
+    print(f'wrote {path}')
+
+
+def parse_args(argv=None):
+    from mmef.runtimes import RUNTIMES
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split('\n\n', 1)[1])
+    sub = parser.add_subparsers(dest='command', required=True)
+
+    b = sub.add_parser('build', help='time the blocks and write a table')
+    b.add_argument('--family', choices=['v1', 'v2'], required=True)
+    b.add_argument('--size', nargs=2, type=int, metavar=('H', 'W'), required=True)
+    b.add_argument('--runtime', choices=RUNTIMES, default='torch')
+    b.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
+    b.add_argument('--threads', type=int, default=None, help='default: torch\'s')
+    b.add_argument('--batch', type=int, default=1)
+    b.add_argument('--runs', type=int, default=10)
+    b.add_argument('--warmup', type=int, default=3)
+    b.add_argument('--min-widths', nargs='+', type=int, metavar='W',
+                   help='one width for every stage or four (default: the width step)')
+    b.add_argument('--max-widths', nargs='+', type=int, metavar='W',
+                   help='one width for every stage or four (default: widest released variant)')
+    b.add_argument('--archs', nargs='+', metavar='ARCH',
+                   help='only the entries these archs use (names or JSON arch dicts)')
+    b.add_argument('--out', required=True)
+    b.add_argument('--overwrite', action='store_true', help='replace an existing --out file')
+    b.add_argument('--no-progress', action='store_true')
+    b.add_argument('--glibc-default', dest='keep_freed_memory', action='store_false',
+                   help='time with glibc\'s default heap (see docs/latency.md; the default '
+                   'keeps freed buffers, mmef.runtimes.keep_freed_memory)')
+    b.set_defaults(func=cmd_build)
+
+    p = sub.add_parser('predict', help='predicted latency of a backbone')
+    p.add_argument('table')
+    p.add_argument('--arch', required=True, help="a name ('l1') or a JSON arch dict")
+    p.add_argument('--out-indices', nargs='+', type=int, default=[0, 1, 2, 3])
+    p.add_argument('--rows', action='store_true', help='print every entry used')
+    # what the prediction is for: refused when the table was built for something else
+    p.add_argument('--family', choices=['v1', 'v2'])
+    p.add_argument('--size', nargs=2, type=int, metavar=('H', 'W'))
+    p.add_argument('--runtime', choices=RUNTIMES)
+    p.add_argument('--device', choices=['cpu', 'cuda'])
+    p.add_argument('--batch', type=int)
+    p.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser('study', help='predicted against measured whole backbones')
+    s.add_argument('table')
+    s.add_argument('--archs', nargs='*', default=None, metavar='NAME',
+                   help='released variants (default: all of the family)')
+    s.add_argument('--random', type=int, default=20, help='random archs of the table\'s space')
+    s.add_argument('--seed', type=int, default=0)
+    s.add_argument('--runs', type=int, default=10)
+    s.add_argument('--warmup', type=int, default=3)
+    s.add_argument('--out')
+    s.add_argument('--glibc-default', dest='keep_freed_memory', action='store_false',
+                   help='measure with glibc\'s default heap (refused for a table built '
+                   'otherwise)')
+    s.set_defaults(func=cmd_study)
+
+    w = sub.add_parser('sweep', help='whole backbones at several input sizes')
+    w.add_argument('--models', nargs='+', default=['l1', 'l3', 'l7', 'v2s0', 'v2s1', 'v2s2',
+                                                   'v2l', 'r50'])
+    w.add_argument('--sizes', nargs='+', type=_hw, metavar='HxW',
+                   default=[_hw(s) for s in ('224x224', '512x512', '800x800', '800x1344',
+                                             '1344x1344')])
+    w.add_argument('--runtime', choices=RUNTIMES, default='torch')
+    w.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
+    w.add_argument('--threads', type=int, default=2)
+    w.add_argument('--runs', type=int, default=5)
+    w.add_argument('--warmup', type=int, default=2)
+    w.add_argument('--out', required=True)
+    w.add_argument('--glibc-default', dest='keep_freed_memory', action='store_false')
+    w.set_defaults(func=cmd_sweep)
+
+    r = sub.add_parser('report', help='figures and tables for docs/latency.md')
+    r.add_argument('inputs', nargs='+', help='tables, study and sweep files')
+    r.add_argument('--out-dir', default='docs/latency')
+    r.set_defaults(func=cmd_report)
+    args = parser.parse_args(argv)
+    if args.command == 'study' and args.archs is None:
+        args.archs = sorted(_released_names(args.table))
+    return args
+
+
+def _released_names(table_path):
+    from mmef.latency import LatencyTable
+    from mmef.models import EfficientFormer, EfficientFormerV2
+    family = LatencyTable.load(table_path).family
+    return (EfficientFormer if family == 'v1' else EfficientFormerV2).arch_settings
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if getattr(args, 'keep_freed_memory', False):
+        from mmef.runtimes import keep_freed_memory
+        keep_freed_memory()
+    from mmef.latency import MissingEntries, TableMismatch
+    from mmef.runtimes import RuntimeUnavailable
+    try:
+        args.func(args)
+    except (TableMismatch, MissingEntries, RuntimeUnavailable, FileExistsError) as e:
+        raise SystemExit(f'error: {e}')
+
+
+if __name__ == '__main__':
+    main()
