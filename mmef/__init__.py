@@ -16,7 +16,7 @@ from . import fileio  # noqa: F401  (registers the 'mmef_atomic' checkpoint file
 from .models import EfficientFormer, EfficientFormerV2
 from .version import __version__
 
-if 'mmdeploy' in sys.modules:
+if sys.modules.get('mmdeploy') is not None:
     from . import mmdeploy_compat  # noqa: F401
 
 __all__ = ['EfficientFormer', 'EfficientFormerV2', '__version__']

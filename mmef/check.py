@@ -1,8 +1,9 @@
 """Environment self-check: ``python -m mmef.check``.
 
 Prints the versions of the stack, whether mmcv's compiled ops run, whether the backbone is
-registered where mmdet and mmseg look, and how torch loads checkpoints. Exits 1 with a one-line
-fix per broken item.
+registered where mmdet and mmseg look, how torch loads checkpoints, and whether the deploy stack
+(onnxruntime, mmdeploy with mmef's compatibility module) works. Exits 1 with a one-line fix per
+broken item.
 """
 import argparse
 import importlib
@@ -113,10 +114,55 @@ def _weights_only_default(torch):
         return True
 
 
+DEPLOY_FIX = ('pip install onnx onnxruntime && pip install --no-deps -r requirements/deploy.txt '
+              '(or ' + SETUP + ')')
+
+
+def check_deploy_stack():
+    """onnxruntime runs a one-node model, mmdeploy imports and mmef's compatibility module
+    registers in it (the deploy stack scripts/setup.sh installs)."""
+    versions, problems = [], []
+    try:
+        import numpy as np
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+        graph = helper.make_graph(
+            [helper.make_node('Relu', ['x'], ['y'])], 'check',
+            [helper.make_tensor_value_info('x', TensorProto.FLOAT, [2])],
+            [helper.make_tensor_value_info('y', TensorProto.FLOAT, [2])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
+        model.ir_version = min(model.ir_version, 8)
+        session = ort.InferenceSession(model.SerializeToString(),
+                                       providers=['CPUExecutionProvider'])
+        out = session.run(None, {'x': np.array([-1., 2.], dtype=np.float32)})[0]
+        if out.tolist() != [0., 2.]:
+            raise RuntimeError(f'a Relu session returned {out.tolist()}')
+        versions.append(f'onnxruntime {ort.__version__} (session ran), onnx {onnx.__version__}')
+    except Exception as err:
+        msg = f'{type(err).__name__}: {err}'.splitlines()[0][:200]
+        problems.append(f'onnxruntime does not run ({msg}); fix: {DEPLOY_FIX}')
+    try:
+        import mmdeploy
+        from mmdeploy.codebase.mmseg.deploy import segmentation_model
+
+        import mmef.mmdeploy_compat  # noqa: F401
+        registered = getattr(segmentation_model, '__BACKEND_MODEL').get('mmef_end2end')
+        if registered is None:
+            raise LookupError('mmef_end2end is not in mmdeploy\'s backend models')
+        versions.append(f'mmdeploy {mmdeploy.__version__} (mmef.mmdeploy_compat registered)')
+    except Exception as err:
+        msg = f'{type(err).__name__}: {err}'.splitlines()[0][:200]
+        problems.append(f'mmdeploy or mmef.mmdeploy_compat does not load ({msg}); fix: '
+                        f'{DEPLOY_FIX}')
+    return ('; '.join(versions) or 'no'), problems
+
+
 def main():
     rows, problems = check_versions()
     checks = [('mmcv ops', check_mmcv_ops), ('EfficientFormer registered for', check_registry),
-              ('torch.load weights_only by default', check_weights_only)]
+              ('torch.load weights_only by default', check_weights_only),
+              ('deploy stack', check_deploy_stack)]
     for label, fn in checks:
         try:
             value, found = fn()

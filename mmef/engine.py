@@ -37,7 +37,49 @@ def load_config(path, cfg_options=None):
         raise ValueError(f'config {path!r} has default_scope={scope!r}; these tools run '
                          f'{SCOPES} configs (set default_scope in the config)')
     check_feature_channels(cfg)
+    check_input_normalisation(cfg)
     return cfg, scope
+
+
+# What the EfficientFormer ImageNet weights (original, timm, mmpretrain) were trained on:
+# RGB images normalised with the ImageNet mean and std (mmdet / mmseg load images as BGR)
+IMAGENET_NORM = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
+                     bgr_to_rgb=True)
+
+
+def _is_efficientformer(node):
+    return str((node or {}).get('type', '')).split('.')[-1].startswith('EfficientFormer')
+
+
+def check_input_normalisation(cfg):
+    """Warns (and returns the message) when a config gives an EfficientFormer that starts from
+    pretrained weights images normalised otherwise than those weights were trained with, e.g.
+    mmdet's caffe-style configs (BGR, mean 102.98 / 115.95 / 122.77, std 1): it would train
+    silently with the wrong input statistics. Returns None when the config is consistent."""
+    import warnings
+    model = cfg.get('model', {})
+    backbone = model.get('backbone', {})
+    init = backbone.get('init_cfg') if _is_efficientformer(backbone) else None
+    inits = init if isinstance(init, (list, tuple)) else [init] if init else []
+    if not any(isinstance(c, dict) and c.get('type') == 'Pretrained' for c in inits):
+        return None
+    pre = model.get('data_preprocessor') or {}
+    mean, std = pre.get('mean'), pre.get('std')
+    rgb = bool(pre.get('bgr_to_rgb', False) or pre.get('rgb_to_bgr', False))
+
+    def close(a, b):
+        return a is not None and len(a) == len(b) and all(abs(x - y) < 1e-2
+                                                          for x, y in zip(a, b))
+    if close(mean, IMAGENET_NORM['mean']) and close(std, IMAGENET_NORM['std']) and rgb:
+        return None
+    msg = (f'model.data_preprocessor normalises with mean={mean}, std={std}, '
+           f'bgr_to_rgb={rgb}, but the EfficientFormer weights in model.backbone.init_cfg were '
+           f'trained on RGB images normalised with the ImageNet statistics: set '
+           f"model.data_preprocessor.mean={IMAGENET_NORM['mean']}, "
+           f"model.data_preprocessor.std={IMAGENET_NORM['std']} and "
+           f'model.data_preprocessor.bgr_to_rgb=True (caffe-style configs use BGR, std 1)')
+    warnings.warn(msg, UserWarning, stacklevel=2)
+    return msg
 
 
 def set_work_dir(cfg, work_dir, config_path):

@@ -3,6 +3,8 @@ import re
 import subprocess
 import sys
 
+from tool_helpers import ROOT
+
 
 def run_check(prelude=''):
     code = f'{prelude}\nimport runpy\nrunpy.run_module("mmef.check", run_name="__main__")'
@@ -18,7 +20,20 @@ def test_healthy_environment_passes():
         assert item in proc.stdout
     assert 'yes (NMS ran)' in proc.stdout
     assert 'mmdet, mmseg' in proc.stdout
+    assert re.search(r'^deploy stack +onnxruntime [\d.]+ \(session ran\), onnx [\d.]+; '
+                     r'mmdeploy 1\.3\.1 \(mmef\.mmdeploy_compat registered\)$', proc.stdout,
+                     re.M), proc.stdout
     assert 'all checks passed' in proc.stdout
+
+
+def test_missing_deploy_stack_fails_with_fix():
+    proc = run_check("import sys; sys.modules['onnxruntime'] = None; "
+                     "sys.modules['mmdeploy'] = None")
+    assert proc.returncode == 1
+    assert re.search(r'^deploy stack +no$', proc.stdout, re.M), proc.stdout
+    assert 'onnxruntime does not run' in proc.stderr
+    assert 'mmdeploy or mmef.mmdeploy_compat does not load' in proc.stderr
+    assert 'pip install --no-deps -r requirements/deploy.txt' in proc.stderr
 
 
 def test_mmcv_without_ops_fails_with_fix():
@@ -52,12 +67,15 @@ def test_namespace_package_is_named(tmp_path):
     script = tmp_path / 'run_check.py'
     script.write_text(
         'import os, sys\n'
+        f'sys.path.insert(0, {ROOT!r})  # this checkout, whatever the environment installed\n'
         'import mmef.check as check  # the real module, loaded while the package is found\n'
-        'root = os.path.dirname(os.path.dirname(os.path.abspath(check.__file__)))\n'
+        'assert check.__file__.startswith(sys.path[0]), check.__file__\n'
         'for name in [n for n in sys.modules if n == "mmef" or n.startswith("mmef.")]:\n'
         '    del sys.modules[name]\n'
-        '# the real package out of reach, an empty folder named mmef first on the path\n'
-        'sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != root]\n'
+        '# every real mmef package out of reach (this checkout and any other one an editable\n'
+        '# install put on the path), an empty folder named mmef first on the path\n'
+        'sys.path[:] = [p for p in sys.path\n'
+        '               if not os.path.isfile(os.path.join(p or ".", "mmef", "__init__.py"))]\n'
         f'sys.path.insert(0, {str(tmp_path)!r})\n'
         'sys.exit(check.main())\n')
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,

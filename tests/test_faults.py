@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmef.checkpoint import CheckpointError
-from mmef.models import EfficientFormer
+from mmef.models import EfficientFormer, EfficientFormerV2
 from _original_ref import make_original_backbone, save_imagenet_checkpoint
 
 
@@ -18,10 +18,19 @@ def model():
 
 # ---- forward -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('shape', [(1, 1, 64, 64), (1, 4, 64, 64), (3, 64, 64), (1, 1, 3, 64, 64)])
+@pytest.mark.parametrize('shape', [(3, 64, 64), (1, 1, 3, 64, 64)])
 def test_wrong_input_shape(model, shape):
     with pytest.raises(ValueError, match=r'expects a \(B, 3, H, W\) tensor, got shape'):
         model(torch.rand(*shape))
+
+
+@pytest.mark.parametrize('channels', [1, 4])
+def test_wrong_channel_count_names_in_channels(model, channels):
+    with pytest.raises(ValueError, match=f'built with in_channels=3 and got an input with '
+                       f'{channels} channels .*build it with in_channels={channels}'):
+        model(torch.rand(1, channels, 64, 64))
+    with pytest.raises(ValueError, match='built with in_channels=3'):
+        EfficientFormerV2('s0').eval()(torch.rand(1, channels, 64, 64))
 
 
 @pytest.mark.parametrize('size, last', [((16, 16), (1, 1)), ((32, 2000), (1, 63)),
@@ -92,8 +101,21 @@ def test_truncated_checkpoint(tmp_path):
     data = good.read_bytes()
     bad = tmp_path / 'truncated.pth'
     bad.write_bytes(data[:len(data) // 2])
-    with pytest.raises(CheckpointError, match=f'{str(bad)!r} is truncated, corrupt or not a'):
+    with pytest.raises(CheckpointError, match=f'{str(bad)!r} is truncated, corrupt or not a') \
+            as info:
         init_from(bad)
+    # torch's reason is quoted whole or cut at a word boundary, never mid-word
+    reason = str(info.value).split('(', 1)[1].rsplit(')', 1)[0]
+    assert reason.endswith(' ...') or len(reason) <= 300, reason
+
+
+def test_clip_cuts_at_word_boundaries():
+    from mmef.checkpoint.io import clip
+    text = 'PytorchStreamReader failed reading zip archive: failed finding central directory ' * 9
+    short = clip(text, 100)
+    assert len(short) <= 100 and short.endswith(' ...')
+    assert text.startswith(short[:-4]) and text[len(short) - 4] in ' ,;:'
+    assert clip('short reason') == 'short reason'
 
 
 def test_zip_that_is_not_a_checkpoint(tmp_path):
@@ -151,3 +173,14 @@ def test_load_state_dict_with_other_bias_resolution_says_which_setting():
     assert ('stages.3.attn_blocks.0.attn.bias_table is a 25x25 attention-bias table in the '
             "checkpoint and 7x7 in the model: build the backbone with attn_bias_resolution=25 "
             "and attn_bias_mode='official'") in str(err.value)
+
+
+@pytest.mark.parametrize('src, dst', [(EfficientFormer, EfficientFormerV2),
+                                      (EfficientFormerV2, EfficientFormer)])
+def test_file_of_the_other_family_names_the_backbone_to_use(tmp_path, src, dst):
+    path = tmp_path / 'other.pth'
+    torch.save({'state_dict': src().state_dict()}, path)
+    model = dst(init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    with pytest.raises(CheckpointError, match=f"holds {src.__name__} weights .* use "
+                       f"type='{src.__name__}' for this file"):
+        model.init_weights()

@@ -257,3 +257,30 @@ def test_empty_data_tree(tmp_path, split):
             torch.save({'state_dict': model.state_dict()}, tmp_path / 'w.pth')
             test_tool.main([SEG_DEMO, str(tmp_path / 'w.pth'), '--work-dir',
                             str(tmp_path / 'w')] + options)
+
+
+def test_caffe_style_normalisation_with_imagenet_weights_warns():
+    """An EfficientFormer with ImageNet weights in a config that normalises the caffe way (BGR,
+    mean 102.98 / 115.95 / 122.77, std 1, as mmdet's *caffe* configs do) would train silently
+    with the wrong input statistics: the tools' config check warns with the values to set."""
+    import warnings
+
+    from mmef.engine import check_input_normalisation, load_config
+    from tool_helpers import ROOT
+    path = f'{ROOT}/configs/mask_rcnn/mask-rcnn_efficientformer-l1_fpn_1x_coco.py'
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        cfg, _ = load_config(path)
+    assert not [w for w in caught if 'data_preprocessor' in str(w.message)]  # ours is consistent
+    assert check_input_normalisation(cfg) is None
+    caffe = {'model.data_preprocessor.mean': [102.9801, 115.9465, 122.7717],
+             'model.data_preprocessor.std': [1.0, 1.0, 1.0],
+             'model.data_preprocessor.bgr_to_rgb': False}
+    with pytest.warns(UserWarning, match=r'mean=\[102.9801.*bgr_to_rgb=False.*set '
+                      r'model.data_preprocessor.mean=\[123.675, 116.28, 103.53\], '
+                      r'model.data_preprocessor.std=\[58.395, 57.12, 57.375\] and '
+                      r'model.data_preprocessor.bgr_to_rgb=True'):
+        load_config(path, caffe)
+    cfg.model.backbone.init_cfg = None  # random init: nothing to be consistent with
+    cfg.merge_from_dict(caffe)
+    assert check_input_normalisation(cfg) is None

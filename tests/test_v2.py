@@ -80,7 +80,8 @@ def test_detection_size_all_variants_shapes():
 
 
 def test_gradients_reach_every_parameter():
-    model = randomize(EfficientFormerV2('s0', drop_path_rate=0.1)).train()
+    # no drop path: whether a dropped block gets a gradient would depend on the random state
+    model = randomize(EfficientFormerV2('s0')).train()
     outs = model(torch.randn(2, 3, 96, 64))
     sum(o.square().mean() for o in outs).backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]

@@ -79,7 +79,7 @@ def load_file(path, map_location='cpu'):
                  if ln.strip()]
         unsafe = [ln for ln in lines if 'global' in ln.lower() or 'blocked' in ln]
         lines = [ln for ln in lines if 'unsupported' in ln.lower()] or lines
-        detail = (unsafe or lines or [type(err).__name__])[0][:300]
+        detail = clip((unsafe or lines or [type(err).__name__])[0])
         if unsafe:
             raise CheckpointError(
                 f'refused to load {path!r}: it pickles objects outside the safe allowlist, and '
@@ -88,9 +88,17 @@ def load_file(path, map_location='cpu'):
         raise CheckpointError(f'{path!r} is not a readable PyTorch checkpoint ({detail})') \
             from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        msg = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        msg = clip(str(err).strip().splitlines()[0]) if str(err).strip() else type(err).__name__
         raise CheckpointError(f'{path!r} is truncated, corrupt or not a PyTorch checkpoint '
                               f'({msg}); download or save it again') from None
+
+
+def clip(text, limit=300):
+    """``text`` shortened to at most ``limit`` characters at a word boundary, marked ' ...'."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 4]
+    return (cut[:cut.rfind(' ')] if ' ' in cut else cut).rstrip(' ,;:') + ' ...'
 
 
 def container_key(obj):

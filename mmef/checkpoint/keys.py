@@ -280,6 +280,22 @@ _MAPPERS = {'original': _map_original, 'timm': _map_timm, 'mmpretrain': _map_mmp
             'original_v2': _map_original_v2, 'timm_v2': _map_timm_v2}
 
 
+FAMILY_BACKBONES = {'v1': 'EfficientFormer', 'v2': 'EfficientFormerV2'}
+
+
+def key_family(keys):
+    """'v2' for mmef-named keys of an EfficientFormerV2 (its MLPs have a depthwise ``mid``
+    conv, its attentions talking heads), 'v1' for an EfficientFormer (MB3D ``attn_blocks``, or
+    MLPs without a ``mid`` conv), None when the keys tell neither."""
+    keys = list(keys)
+    if any('.mlp.mid.' in k or '.talking_head' in k for k in keys):
+        return 'v2'
+    if any('.attn_blocks.' in k for k in keys) or any(
+            re.match(r'stages\.\d+\.blocks\.\d+\.mlp\.fc1\.', k) for k in keys):
+        return 'v1'
+    return None
+
+
 def map_with_report(state_dict):
     """(format, mapped dict, {dropped key: reason}) for a backbone-level state dict."""
     fmt = detect_format(state_dict)

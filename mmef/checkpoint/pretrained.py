@@ -75,7 +75,7 @@ def load_pretrained(model, path, prefix=None, map_location='cpu'):
         raise RuntimeError(f'internal error loading {ckpt.path!r}: {result}')
     missing, unexpected, classifier = found['missing'], found['unexpected'], found['classifier']
     print_log(
-        f'EfficientFormer: loaded {len(matched)} tensors from {ckpt.path}; '
+        f'{type(model).__name__}: loaded {len(matched)} tensors from {ckpt.path}; '
         f'missing {len(missing)}: {missing[:8]}{" ..." if len(missing) > 8 else ""}; '
         f'unexpected {len(unexpected)}: {unexpected[:8]}; '
         f'classifier left out as expected: {len(classifier)} '

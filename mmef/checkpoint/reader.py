@@ -8,7 +8,8 @@ import re
 from dataclasses import dataclass, field
 
 from .io import CheckpointError, container_key, load_file, state_dict_of
-from .keys import CLASSIFIER_PREFIXES, map_with_report, needs_official_bias
+from .keys import (CLASSIFIER_PREFIXES, FAMILY_BACKBONES, key_family, map_with_report,
+                   needs_official_bias)
 
 # fewer matched tensors than this share of the model's means the file is not for this model
 MIN_MATCHED_FRACTION = 0.5
@@ -149,6 +150,12 @@ def match_keys(ckpt, expected, what, fit=None):
         CheckpointError: a tensor does not fit (naming the key and both shapes), or fewer than
             half of the model's tensors (output norms aside) are in the file.
     """
+    file_family, model_family = key_family(ckpt.backbone), key_family(expected)
+    if file_family and model_family and file_family != model_family:
+        raise CheckpointError(
+            f'{ckpt.path!r} holds {FAMILY_BACKBONES[file_family]} weights (its key layout is '
+            f'{file_family.upper()}\'s) and the model is {what}: use '
+            f"type='{FAMILY_BACKBONES[file_family]}' for this file")
     matched, classifier, unexpected = {}, [], []
     for key, value in ckpt.backbone.items():
         if key not in expected:

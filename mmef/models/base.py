@@ -105,9 +105,15 @@ class EfficientFormerBase(BaseModule):
         return [rates[sum(depths[:i]):sum(depths[:i + 1])] for i in range(len(depths))]
 
     def check_input(self, x):
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
+        if x.dim() != 4:
             raise ValueError(f'{type(self).__name__} expects a (B, {self.in_channels}, H, W) '
                              f'tensor, got shape {tuple(x.shape)}')
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f'{type(self).__name__} was built with in_channels={self.in_channels} and got '
+                f'an input with {x.shape[1]} channels (shape {tuple(x.shape)}): build it with '
+                f'in_channels={x.shape[1]}, or give it {self.in_channels}-channel images (e.g. '
+                f'color_type=\'color\' in LoadImageFromFile for grayscale files)')
 
     def _freeze_stages(self):
         if self.frozen_stages < 0:
