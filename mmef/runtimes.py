@@ -194,7 +194,7 @@ def _as_list_np(out):
 
 
 def compile_module(module, example, runtime='torch', device='cpu', threads=None, workdir=None,
-                   name=None):
+                   name=None, spin=True):
     """Compiles an inference module for ``runtime`` at ``example``'s shape (see the module
     docstring). Exported runtimes are checked against PyTorch on ``example`` first.
 
@@ -206,6 +206,10 @@ def compile_module(module, example, runtime='torch', device='cpu', threads=None,
         threads (int, optional): Intra-op threads of onnxruntime / OpenVINO (default: torch's).
         workdir (str, optional): Where ONNX files go (default: a new temporary folder).
         name (str, optional): For messages.
+        spin (bool): onnxruntime only: whether the session's threads spin, waiting for work,
+            after a run (its default). Several sessions run in turn share the cores: spinning
+            threads of one slow the next down (measured here: block tables twice the whole
+            network), so sessions that only set the stage for another are compiled without.
     """
     check_available(runtime, device)
     name = name or type(module).__name__
@@ -222,6 +226,8 @@ def compile_module(module, example, runtime='torch', device='cpu', threads=None,
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        if not spin:
+            options.add_session_config_entry('session.intra_op.allow_spinning', '0')
         session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
         input_name = session.get_inputs()[0].name
 

@@ -226,3 +226,4 @@ def test_benchmark_refuses_to_time_a_wrong_runtime(monkeypatch):
     with pytest.raises(SystemExit, match='pip install openvino'):
         benchmark.main(['backbone', '--size', '64', '64', '--runs', '1', '--warmup', '0',
                         '--models', 'l1-deploy:ov'])
+

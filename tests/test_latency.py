@@ -264,9 +264,10 @@ def test_unavailable_runtimes_are_refused_with_the_reason(monkeypatch, tmp_path)
 def test_cli_build_predict_study_report(tmp_path, capsys):
     path = str(tmp_path / 'cli.json')
     arch = {'widths': [16, 32, 32, 32], 'depths': [1, 1, 2, 2], 'num_attn_blocks': 1}
+    # --glibc-default: in this process, the tool must not change the heap of the test session
     tool.main(['build', '--family', 'v1', '--size', *map(str, SIZE), '--threads', '1',
                '--runs', '2', '--warmup', '0', '--archs', json.dumps(arch), '--out', path,
-               '--no-progress'])
+               '--no-progress', '--glibc-default'])
     table = LatencyTable.load(path)
     assert set(table.entries) == {e.key for e in arch_entries('v1', table.arch(arch))}
     tool.main(['predict', path, '--arch', json.dumps(arch), '--rows', '--family', 'v1',
@@ -277,10 +278,10 @@ def test_cli_build_predict_study_report(tmp_path, capsys):
     narrow = str(tmp_path / 'narrow.json')
     tool.main(['build', '--family', 'v1', '--size', *map(str, SIZE), '--threads', '1',
                '--runs', '2', '--warmup', '0', '--min-widths', '16', '--max-widths', '32',
-               '--out', narrow, '--no-progress'])
+               '--out', narrow, '--no-progress', '--glibc-default'])
     study = str(tmp_path / 'study.json')
     tool.main(['study', narrow, '--archs', '--random', '2', '--seed', '1', '--runs', '2',
-               '--warmup', '0', '--out', study])
+               '--warmup', '0', '--out', study, '--glibc-default'])
     result = json.load(open(study))
     space = LatencyTable.load(narrow).space
     assert [r['arch'] for r in result['rows']] == [
@@ -290,10 +291,21 @@ def test_cli_build_predict_study_report(tmp_path, capsys):
         assert row['predicted_ms'] == pytest.approx(LatencyTable.load(narrow).predict(row['arch']))
         assert row['error'] == pytest.approx(row['predicted_ms'] / row['measured_ms'] - 1)
     assert result['summary']['n'] == 2 and result['meta']['threads'] == 1
+    # a table of L1's blocks: the report breaks L1 down by stage and block kind
+    l1 = str(tmp_path / 'l1.json')
+    tool.main(['build', '--family', 'v1', '--size', *map(str, SIZE), '--threads', '1',
+               '--runs', '1', '--warmup', '0', '--archs', 'l1', '--out', l1, '--no-progress',
+               '--glibc-default'])
     out_dir = tmp_path / 'report'
-    tool.main(['report', path, study, '--out-dir', str(out_dir)])
+    tool.main(['report', path, l1, study, '--out-dir', str(out_dir)])
     assert (out_dir / 'prediction.png').stat().st_size > 1000
-    assert '| v1 | 40x56 | torch' in (out_dir / 'report.md').read_text()
+    assert (out_dir / 'breakdown_v1_40x56_torch.png').stat().st_size > 1000
+    text = (out_dir / 'report.md').read_text()
+    assert '| v1 | 40x56 | torch' in text
+    parts = LatencyTable.load(l1).breakdown('l1')
+    row = next(line for line in text.splitlines() if line.startswith('| l1 |'))
+    assert row.startswith(f"| l1 | {parts['total']:.1f} | ")
+    assert f"{100 * parts['per_stage'][0] / parts['total']:.0f} %" in row
 
 
 def test_stage_sizes_follow_the_backbone():
@@ -301,3 +313,54 @@ def test_stage_sizes_follow_the_backbone():
         outs = EfficientFormer(dict(widths=(16, 16, 16, 16), depths=(1, 1, 1, 1),
                                     num_attn_blocks=0)).eval()(torch.rand(1, 3, *size))
         assert stage_sizes(size) == [tuple(o.shape[-2:]) for o in outs]
+
+
+def test_entries_hit_by_a_burst_of_load_are_retimed(tmp_path):
+    """An entry far slower than its neighbours of other widths is timed twice more and the
+    median of the three measurements kept (the measurements are recorded); the others stay."""
+    from mmef.latency.table import outliers, retime_outliers
+    space = SearchSpace.default('v1').with_widths(min_widths=16, max_widths=48)
+    table = build_table('v1', SIZE, str(tmp_path / 'o.json'), threads=1, runs=3, warmup=1,
+                        space=space, keys=['mb4d1:16', 'mb4d1:32', 'mb4d1:48'], progress=False)
+    assert outliers(table) == []
+    clean = dict(table.entries)
+    table.entries['mb4d1:32'] = dict(clean['mb4d1:32'], ms=clean['mb4d1:32']['ms'] * 50)
+    assert outliers(table) == ['mb4d1:32']
+    assert retime_outliers(table, runs=3, warmup=1, progress=False) == ['mb4d1:32']
+    row = table.entries['mb4d1:32']
+    assert len(row['retimed']) == 3 and row['retimed'][0] == clean['mb4d1:32']['ms'] * 50
+    assert len(row['runs_ms']) == 9 and row['runs_ms'][:3] == clean['mb4d1:32']['runs_ms']
+    assert row['ms'] == sorted(row['runs_ms'])[4] < row['retimed'][0]
+    assert table.entries['mb4d1:16'] == clean['mb4d1:16']
+    assert outliers(table) == []  # re-timed entries are not flagged again
+
+
+def test_heap_setting_is_recorded_and_a_table_of_another_is_refused(tmp_path):
+    """The tool keeps freed memory by default (process-wide, so in a subprocess here), records
+    it in the table, and a check run with another heap setting than the table's is refused."""
+    import subprocess
+
+    from tool_helpers import PYTHON, subprocess_env
+    path = str(tmp_path / 'kept.json')
+    cmd = [PYTHON, osp.join(ROOT, 'tools', 'latency_table.py')]
+    proc = subprocess.run(cmd + ['build', '--family', 'v1', '--size', *map(str, SIZE),
+                                 '--threads', '1', '--runs', '1', '--warmup', '0', '--archs',
+                                 json.dumps(dict(widths=[16] * 4, depths=[1] * 4,
+                                                 num_attn_blocks=1)),
+                                 '--out', path, '--no-progress'],
+                          capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert LatencyTable.load(path).meta['allocator'] == 'kept (mmef.runtimes.keep_freed_memory)'
+    proc = subprocess.run(cmd + ['study', path, '--archs', '--random', '1', '--runs', '1',
+                                 '--glibc-default'],
+                          capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert proc.returncode == 1
+    assert "allocator kept (mmef.runtimes.keep_freed_memory) in the table, glibc default asked" \
+        in proc.stderr, proc.stderr
+
+
+@pytest.mark.skipif(not any(osp.isdir(osp.join(p, 'openvino')) for p in sys.path if p),
+                    reason='OpenVINO is optional (pip install openvino)')
+def test_openvino_table(tmp_path):
+    table = tiny_table(tmp_path, runtime='openvino', keys=['stem0:16', 'mb3df3:16'])
+    assert table.meta['runtime'] == 'openvino' and table.meta['allocator'] == 'openvino arena'

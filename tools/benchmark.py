@@ -346,7 +346,8 @@ def measure_memory_child(args):
 def measure_memory(args, name):
     cmd = [sys.executable, os.path.abspath(__file__), args.task, '--models', name, '--size',
            *map(str, args.size), '--batch', str(args.batch), '--threads', str(args.threads),
-           '--device', args.device, '--memory-child'] + (['--fp16'] if args.fp16 else [])
+           '--device', args.device, '--memory-child'] + (['--fp16'] if args.fp16 else []) + \
+        (['--keep-freed-memory'] if args.keep_freed_memory else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     for line in proc.stdout.splitlines():
         if line.startswith('MEMORY '):
@@ -374,12 +375,12 @@ def benchmark(args):
 def report(args, times, memory):
     ref = args.ref if args.ref in times else args.models[0]
     ref_median = statistics.median(times[ref])
-    from mmef.runtimes import cpu_info
+    from mmef.runtimes import allocator_state, cpu_info
     device = torch.cuda.get_device_name() if args.device == 'cuda' else cpu_info()['model']
     print(f'\n{args.task}: batch {args.batch}, input {args.size[0]}x{args.size[1]}, '
           f'{args.device} ({device}), torch {torch.__version__}, {args.threads} threads, '
           f'{args.warmup} warm-up + {args.runs} timed runs (round-robin), '
-          f'{"fp16" if args.fp16 else "fp32"}')
+          f'{"fp16" if args.fp16 else "fp32"}, heap: {allocator_state()}')
     if args.device == 'cpu' and any('bf16' in name for name in times):
         from mmef.runtimes import bf16_kernels
         fast = bf16_kernels()
@@ -432,6 +433,9 @@ def parse_args(argv=None):
     parser.add_argument('--memory', action='store_true',
                         help='also peak memory, one fresh subprocess per model')
     parser.add_argument('--memory-child', action='store_true', help=argparse.SUPPRESS)
+    parser.add_argument('--keep-freed-memory', action='store_true',
+                        help='keep freed buffers in the heap (mmef.runtimes.keep_freed_memory, '
+                        'process-wide; compare with a run without it, see docs/latency.md)')
     args = parser.parse_args(argv)
     args.size = tuple(args.size or DEFAULT_SIZES[args.task])
     args.batch = args.batch or DEFAULT_BATCH[args.task]
@@ -455,6 +459,10 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        from mmef.runtimes import keep_freed_memory
+        if not keep_freed_memory():
+            raise SystemExit('--keep-freed-memory needs glibc (mallopt); not found here')
     if args.memory_child:
         return measure_memory_child(args)
     times = benchmark(args)

@@ -2,7 +2,9 @@
 
 Subcommands:
   build     time every block the search space can use (deployed, at the map size of its stage)
-            on a runtime and write the table (JSON); resumes an interrupted build
+            on a runtime and write the table (JSON); resumes an interrupted build; re-times
+            the entries that stand out from their neighbours (a burst of load from elsewhere)
+  retime    that last step again on a finished table
   predict   predicted latency of a backbone (a released name or a JSON arch dict) and its parts
   study     predicted against measured whole deployed backbones: the released variants and
             seeded random archs of the search space; writes the rows and the summary (JSON)
@@ -53,13 +55,31 @@ def cmd_build(args):
     space = SearchSpace.default(args.family).with_widths(_widths(args.min_widths),
                                                         _widths(args.max_widths))
     keys = None
-    if args.archs:
-        keys = sorted({e.key for a in args.archs
-                       for e in arch_entries(args.family, space.check(_arch(a)))})
+    if args.archs is not None or args.random:
+        archs = [space.check(_arch(a)) for a in args.archs or []]
+        archs += space.random_archs(args.random, args.seed)
+        keys = sorted({e.key for a in archs for e in arch_entries(args.family, a)})
     table = build_table(args.family, tuple(args.size), args.out, args.runtime, args.device,
                         args.threads, args.batch, args.runs, args.warmup, space, keys,
                         progress=not args.no_progress, overwrite=args.overwrite)
     print(f'{args.out}: {table.describe()}')
+
+
+def cmd_retime(args):
+    import torch
+
+    from mmef.latency import LatencyTable
+    from mmef.latency.table import retime_outliers
+    from mmef.runtimes import runtime_info
+    table = LatencyTable.load(args.table)
+    m = table.meta
+    torch.set_num_threads(m['threads'])
+    table.check(allocator=runtime_info(m['runtime'], m['device'], m['threads'])['allocator'])
+    flagged = retime_outliers(table, m['runs'], m['warmup'], progress=not args.no_progress)
+    table.save(args.table)
+    for key in flagged:
+        print(f"{key}: {table.entries[key]['retimed']} -> {table.entries[key]['ms']}")
+    print(f'{args.table}: re-timed {len(flagged)} entries')
 
 
 def cmd_predict(args):
@@ -100,7 +120,10 @@ def cmd_study(args):
               f"{100 * r['error']:+.1f} % |")
     s = result['summary']
     print(f"{s['n']} archs: median |error| {100 * s['median_abs_error']:.1f} %, worst "
-          f"{100 * s['worst_abs_error']:.1f} %, Spearman {s['spearman']:.3f}")
+          f"{100 * s['worst_abs_error']:.1f} %, Spearman {s['spearman']:.3f} (medians); "
+          f"{100 * s['minima']['median_abs_error']:.1f} %, "
+          f"{100 * s['minima']['worst_abs_error']:.1f} %, {s['minima']['spearman']:.3f} "
+          f"(fastest runs)")
     if args.out:
         _write_json(args.out, dict(kind='study', **result))
 
@@ -170,6 +193,10 @@ def parse_args(argv=None):
                    help='one width for every stage or four (default: widest released variant)')
     b.add_argument('--archs', nargs='+', metavar='ARCH',
                    help='only the entries these archs use (names or JSON arch dicts)')
+    b.add_argument('--random', type=int, default=0,
+                   help='only the entries these archs and N seeded random archs use (the '
+                   'random archs of `study --random N --seed S`)')
+    b.add_argument('--seed', type=int, default=0)
     b.add_argument('--out', required=True)
     b.add_argument('--overwrite', action='store_true', help='replace an existing --out file')
     b.add_argument('--no-progress', action='store_true')
@@ -177,6 +204,13 @@ def parse_args(argv=None):
                    help='time with glibc\'s default heap (see docs/latency.md; the default '
                    'keeps freed buffers, mmef.runtimes.keep_freed_memory)')
     b.set_defaults(func=cmd_build)
+
+    t = sub.add_parser('retime', help='re-time the entries that stand out from their '
+                       'neighbours (build does this at its end)')
+    t.add_argument('table')
+    t.add_argument('--no-progress', action='store_true')
+    t.add_argument('--glibc-default', dest='keep_freed_memory', action='store_false')
+    t.set_defaults(func=cmd_retime)
 
     p = sub.add_parser('predict', help='predicted latency of a backbone')
     p.add_argument('table')

@@ -162,15 +162,23 @@ class Output(nn.Module):
 
 
 def _randomise(module, seed):
-    """Non-trivial weights and BN statistics (timings do not depend on them, but a module with
-    O(1) values exercises the same kernels as a trained one and checks exports properly)."""
+    """Random weights of realistic size (timings do not depend on the values, but activations
+    must stay finite through the deepest variant, so that exported runtimes can be checked
+    against PyTorch): weights N(0, 1 / fan-in), small biases, BN statistics near identity,
+    layer scales U(0.1, 0.5), attention-bias tables N(0, 1)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=g) * p.shape[1] ** -0.5)
-            else:
-                p.copy_(torch.rand(p.shape, generator=g) * 0.5 + 0.25)
+            if name.endswith('bias_table'):
+                p.copy_(torch.randn(p.shape, generator=g))
+            elif p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * p[0].numel() ** -0.5)
+            elif name.endswith('gamma'):
+                p.copy_(torch.rand(p.shape, generator=g) * 0.4 + 0.1)
+            elif name.endswith('bias'):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+            else:  # norm weights
+                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
         for m in module.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)

@@ -18,9 +18,11 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 # Reported by the EfficientFormer paper (Table 2), for the ResNet rows of the sweep
 RESNET_REPORTED = {'r50': {'box AP': 38.0, 'mIoU': 36.7}, 'r18': {'box AP': 34.0, 'mIoU': 32.9}}
 KIND_NAMES = {'stem': 'stem', 'down': 'downsampling', 'adown': 'downsampling (attention)',
-              'mb4d': 'MB4D', 'flatten': 'flatten', 'mb3d': 'MB3D (attention)',
-              'norm': 'output norm', 'normt': 'output norm', 'ffn': 'FFN',
-              'attn': 'AttnFFN (attention)', 'out': 'output copy'}
+              'mb4d': 'MB4D', 'mb4df': 'MB4D', 'flatten': 'flatten',
+              'mb3d': 'MB3D (attention)', 'mb3df': 'MB3D (attention)', 'norm': 'output norm',
+              'normt': 'output norm', 'ffn': 'FFN', 'ffnf': 'FFN',
+              'attn': 'AttnFFN (attention)', 'attnf': 'AttnFFN (attention)',
+              'out': 'output copy'}
 
 
 def reported_accuracy(metafile=None):
@@ -82,7 +84,9 @@ def breakdown_section(tables, out_dir, plt):
         parts = {n: table.breakdown(n) for n in names}
         kinds = []
         for p in parts.values():
-            kinds += [KIND_NAMES[k] for k in p['per_kind'] if KIND_NAMES[k] not in kinds]
+            for k in p['per_kind']:
+                if KIND_NAMES[k] not in kinds:
+                    kinds.append(KIND_NAMES[k])
         lines.append(f"\n### Where the time goes: {table.family.upper()} at {_size(m)} "
                      f"({_where(m)})\n\nPredicted from `{osp.basename(path)}`; share of the "
                      "backbone's predicted latency.\n")
@@ -181,7 +185,7 @@ def sweep_section(sweeps, out_dir, plt):
         pixels = {sz: int(sz.split('x')[0]) * int(sz.split('x')[1]) for sz in sizes}
         for model in models:
             pts = sorted((pixels[sz], ms[(model, sz)]) for sz in sizes if (model, sz) in ms)
-            ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], 'o-', ms=3, label=model,
+            ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], marker='o', ms=3, label=model,
                     ls='--' if model.startswith('r') else '-')
         ax.set_xscale('log')
         ax.set_yscale('log')

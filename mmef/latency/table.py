@@ -7,10 +7,12 @@ A table is JSON a person can read and diff::
               "runtime_version": ..., "torch_version": ..., "device": "cpu", "threads": 2,
               "dtype": "fp32", "cpu": {"model": ..., "flags": [...]}, "runs": 10, "warmup": 3,
               "date": ..., "space": {...}, "method": ...},
-     "entries": {"stem0:48": {"ms": 12.3, "q1": 12.1, "q3": 12.6, "min": 12.0, "max": 13.1,
-                              "context": ["mb4d0:48"]}, ...}}
+     "entries": {"mb4d0:48": {"ms": 12.3, "q1": 12.1, "q3": 12.6, "min": 12.0, "max": 13.1,
+                              "runs_ms": [...], "context": ["mb4d0:48"]}, ...}}
 
-``ms`` is the median of ``runs`` timed runs after ``warmup`` runs; ``q1`` / ``q3`` the quartiles.
+``ms`` is the median of ``runs`` timed runs (``runs_ms``) after ``warmup`` runs; ``q1`` / ``q3``
+the quartiles. An entry far slower than its neighbours of other widths is timed twice more
+(:func:`retime_outliers`) and its statistics are then those of all its runs.
 Each entry is timed in its deployed form right after the part that precedes it in a network
 (:func:`mmef.latency.blocks.context_of`), so its weights and input are as cold or warm in cache as
 they are there; only the entry itself is inside the timer.
@@ -130,9 +132,13 @@ class LatencyTable:
                 'covers them (tools/latency_table.py build --min-widths / --max-widths)')
         return used
 
-    def predict(self, arch, out_indices=(0, 1, 2, 3)):
-        """Predicted milliseconds of the deployed backbone: the sum of its entries."""
-        return sum(self.entries[e.key]['ms'] * n for e, n in self.used(arch, out_indices).items())
+    def predict(self, arch, out_indices=(0, 1, 2, 3), stat='ms'):
+        """Predicted milliseconds of the deployed backbone: the sum of its entries' medians
+        (``stat='min'``: of their fastest runs, to compare with a whole backbone's fastest)."""
+        if stat not in ('ms', 'min'):
+            raise ValueError(f"stat must be 'ms' (median) or 'min', got {stat!r}")
+        return sum(self.entries[e.key][stat] * n
+                   for e, n in self.used(arch, out_indices).items())
 
     def breakdown(self, arch, out_indices=(0, 1, 2, 3)):
         """Parts of the prediction: ``total``, ``per_stage`` {stage: ms}, ``per_kind``
@@ -198,7 +204,7 @@ def time_entry(family, entry, input_size, runtime, device, threads, batch, runs,
         if ctx_entry.key not in contexts:
             ctx_module, ctx_example = build_entry(family, ctx_entry, input_size, batch, seed=1)
             compiled = compile_module(ctx_module, ctx_example, runtime, device, threads,
-                                      name=ctx_entry.key)
+                                      name=ctx_entry.key, spin=False)
             contexts[ctx_entry.key] = (compiled, compiled.native(ctx_example))
         chain.append(contexts[ctx_entry.key])
 
@@ -270,14 +276,74 @@ def build_table(family, input_size, out, runtime='torch', device='cpu', threads=
         bar.show(entry.key)
         times = time_entry(family, entry, input_size, runtime, device, threads, batch, runs,
                            warmup, contexts)
-        entries[entry.key] = dict(_quartiles(times),
+        entries[entry.key] = dict(_quartiles(times), runs_ms=[round(t, 4) for t in times],
                                   context=[e.key for e in context_of(family, entry)])
         LatencyTable(meta, entries).save(partial_path)
         bar.step()
     bar.close()
-    meta['finished'] = datetime.datetime.now().isoformat(timespec='seconds')
     table = LatencyTable(meta, entries)
+    retime_outliers(table, runs=runs, warmup=warmup, progress=progress, contexts=contexts,
+                    save_to=partial_path)
+    meta['finished'] = datetime.datetime.now().isoformat(timespec='seconds')
     table.save(out)
     if os.path.exists(partial_path):
         os.remove(partial_path)
     return table
+
+
+def outliers(table, tolerance=0.25):
+    """Keys of the entries slower than their neighbours of the same kind, stage (and input width
+    / MLP ratio) suggest by more than ``tolerance``: candidates for a measurement hit by a burst
+    of load from other processes (load only ever adds time; a kernel that is really slower at
+    one width is confirmed by timing it again). Entries already re-timed are not flagged."""
+    groups = defaultdict(list)
+    for key in table.entries:
+        e = Entry.parse(key)
+        groups[(e.kind, e.stage, e.in_width, e.ratio)].append(e)
+    flagged = []
+    for members in groups.values():
+        members.sort(key=lambda e: e.width)
+        ms = [table.entries[e.key]['ms'] for e in members]
+        for i, e in enumerate(members):
+            if len(members) < 3 or 'retimed' in table.entries[e.key]:
+                continue
+            if 0 < i < len(members) - 1:
+                expected = max(ms[i - 1], ms[i + 1])
+            else:
+                expected = ms[1] if i == 0 else ms[i - 1]
+                # the last width may cost more than its neighbour: by the step's share at most
+                expected *= 1 + abs(e.width - members[1 if i == 0 else i - 1].width) / e.width
+            if ms[i] > (1 + tolerance) * expected:
+                flagged.append(e.key)
+    return flagged
+
+
+def retime_outliers(table, runs=10, warmup=3, times=2, progress=True, contexts=None,
+                    save_to=None):
+    """Times each entry :func:`outliers` flags ``times`` more times, on the table's settings,
+    and recomputes its statistics over all its runs (so one measurement taken during a burst of
+    load does not decide the entry); each measurement's median is kept under ``retimed``.
+    Returns the flagged keys."""
+    m = table.meta
+    flagged = outliers(table)
+    bar = _Progress(len(flagged), 0, progress)
+    for key in flagged:
+        bar.show('re-time ' + key)
+        row = table.entries[key]
+        medians, samples = [row['ms']], list(row.get('runs_ms', []))
+        for _ in range(times):
+            ts = time_entry(m['family'], Entry.parse(key), tuple(m['input_size']), m['runtime'],
+                            m['device'], m['threads'], m['batch'], runs, warmup, contexts)
+            medians.append(round(statistics.median(ts), 4))
+            samples += [round(t, 4) for t in ts]
+        row['retimed'] = medians
+        if 'runs_ms' in row:  # the statistics of all the runs, which one burst cannot move much
+            row.update(_quartiles(samples), runs_ms=samples)
+        else:  # a table written without its runs: the median of the measurements' medians
+            row['ms'] = statistics.median(medians)
+            row['min'] = min(row['min'], min(samples))
+        if save_to:
+            table.save(save_to)
+        bar.step()
+    bar.close()
+    return flagged
