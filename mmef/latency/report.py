@@ -45,6 +45,16 @@ def reported_accuracy(metafile=None):
     return out
 
 
+def _save(fig, plt, out_dir, name, lines, written):
+    """Writes ``fig`` as ``out_dir/name``, links it in the markdown ``lines``."""
+    fig.tight_layout()
+    png = osp.join(out_dir, name)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    written.append(png)
+    lines.append(f'\n![{name[:-4]}]({name})\n')
+
+
 def _load_inputs(paths):
     tables, studies, sweeps = [], [], []
     for path in paths:
@@ -111,12 +121,7 @@ def breakdown_section(tables, out_dir, plt):
         ax.set_xlabel('predicted latency (ms)')
         ax.set_title(f'{table.family.upper()} at {_size(m)}: {_where(m)}', fontsize=8)
         ax.legend(fontsize=7, loc='lower right')
-        fig.tight_layout()
-        png = osp.join(out_dir, f'breakdown_{tag}.png')
-        fig.savefig(png, dpi=110)
-        plt.close(fig)
-        written.append(png)
-        lines.append(f'\n![breakdown]({osp.basename(png)})\n')
+        _save(fig, plt, out_dir, f'breakdown_{tag}.png', lines, written)
     return lines, written
 
 
@@ -157,12 +162,7 @@ def study_section(studies, out_dir, plt):
     ax.set_title(f"{studies[0][1]['meta']['cpu']['model']}, {studies[0][1]['meta']['threads']} "
                  'threads (dotted: +-10 %)', fontsize=8)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    png = osp.join(out_dir, 'prediction.png')
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    written.append(png)
-    lines.append(f'\n![prediction]({osp.basename(png)})\n')
+    _save(fig, plt, out_dir, 'prediction.png', lines, written)
     return lines, written
 
 
@@ -193,12 +193,7 @@ def sweep_section(sweeps, out_dir, plt):
         ax.set_ylabel('measured latency (ms)')
         ax.set_title(_where(meta), fontsize=8)
         ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        png = osp.join(out_dir, f"sweep_{meta['runtime']}.png")
-        fig.savefig(png, dpi=110)
-        plt.close(fig)
-        written.append(png)
-        lines.append(f'\n![sweep]({osp.basename(png)})\n')
+        _save(fig, plt, out_dir, f"sweep_{meta['runtime']}.png", lines, written)
         acc_lines, acc_png = accuracy_section(s, ms, out_dir, plt)
         lines += acc_lines
         written += acc_png
@@ -230,12 +225,9 @@ def accuracy_section(sweep, ms, out_dir, plt):
         ax.set_xlabel(f'backbone latency at {size}, measured here (ms)')
         ax.set_ylabel(f'{title}, reported by the papers')
         ax.set_title(_where(meta), fontsize=8)
-    fig.tight_layout()
-    png = osp.join(out_dir, f"accuracy_{meta['runtime']}.png")
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    lines.append(f'\n![accuracy]({osp.basename(png)})\n')
-    return lines, [png]
+    written = []
+    _save(fig, plt, out_dir, f"accuracy_{meta['runtime']}.png", lines, written)
+    return lines, written
 
 
 def write_report(paths, out_dir):
