@@ -15,11 +15,16 @@ MMCV_FIX = ('rebuild mmcv with its ops: pip uninstall -y mmcv mmcv-lite && MMCV_
             'FORCE_CUDA=0 pip install --no-build-isolation mmcv==2.1.0 (or run ' + SETUP + ')')
 
 
+def _reason(err, limit=None):
+    """An exception as one line: its type and the first line of its message."""
+    return f'{type(err).__name__}: {err}'.splitlines()[0][:limit]
+
+
 def _version(name):
     try:
         return importlib.import_module(name).__version__, None
     except Exception as err:  # report any import failure, not only ImportError
-        return None, f'{type(err).__name__}: {err}'.splitlines()[0]
+        return None, _reason(err)
 
 
 def check_versions():
@@ -51,7 +56,7 @@ def check_mmcv_ops():
             return 'no', [f'mmcv NMS returned {keep.tolist()}, expected [0, 2]; fix: {MMCV_FIX}']
         return 'yes (NMS ran)', []
     except Exception as err:
-        msg = f'{type(err).__name__}: {err}'.splitlines()[0]
+        msg = _reason(err)
         return 'no', [f'mmcv compiled ops do not load ({msg}); fix: {MMCV_FIX}']
 
 
@@ -93,7 +98,7 @@ def check_weights_only():
         buf.seek(0)
         torch.load(buf)
     except Exception as err:
-        msg = f'{type(err).__name__}: {err}'.splitlines()[0][:200]
+        msg = _reason(err, 200)
         return 'yes, and runner checkpoints fail to load', [
             f'torch.load rejects runner checkpoints ({msg}); fix: import mmef before loading '
             f"(custom_imports=dict(imports=['mmef']) in the config)"]
@@ -140,7 +145,7 @@ def check_deploy_stack():
             raise RuntimeError(f'a Relu session returned {out.tolist()}')
         versions.append(f'onnxruntime {ort.__version__} (session ran), onnx {onnx.__version__}')
     except Exception as err:
-        msg = f'{type(err).__name__}: {err}'.splitlines()[0][:200]
+        msg = _reason(err, 200)
         problems.append(f'onnxruntime does not run ({msg}); fix: {DEPLOY_FIX}')
     try:
         import mmdeploy
@@ -152,7 +157,7 @@ def check_deploy_stack():
             raise LookupError('mmef_end2end is not in mmdeploy\'s backend models')
         versions.append(f'mmdeploy {mmdeploy.__version__} (mmef.mmdeploy_compat registered)')
     except Exception as err:
-        msg = f'{type(err).__name__}: {err}'.splitlines()[0][:200]
+        msg = _reason(err, 200)
         problems.append(f'mmdeploy or mmef.mmdeploy_compat does not load ({msg}); fix: '
                         f'{DEPLOY_FIX}')
     return ('; '.join(versions) or 'no'), problems

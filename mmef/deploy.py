@@ -449,7 +449,6 @@ def deploy_block(module, channels_last=True, fused_mixer=True):
 
 
 def _rewrite(backbone, channels_last, fused_mixer):
-    _fold_conv_norms(backbone)
     backbone.stem = deploy_block(backbone.stem, channels_last)
     for stage in backbone.stages:
         stage.with_cp = False

@@ -162,7 +162,7 @@ def check_feature_channels(cfg):
     EfficientFormer backbone outputs (mmdet's FPN otherwise fails with a bare AssertionError)."""
     model = cfg.get('model', {})
     backbone = model.get('backbone', {})
-    if not str(backbone.get('type', '')).split('.')[-1].startswith('EfficientFormer'):
+    if not _is_efficientformer(backbone):
         return
     from mmengine.registry import MODELS
     import mmef  # noqa: F401  (registers the backbones)

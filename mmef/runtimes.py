@@ -123,41 +123,28 @@ class Compiled:
 
     ``native(x)`` converts a torch tensor to the runtime's input; ``run(x)`` runs one forward on
     a native input and returns the runtime's outputs (a native array / tensor, or a tuple for
-    several outputs), ready to feed to the next compiled module; ``to_torch(out)`` converts them
-    back. ``reference`` holds PyTorch's fp32 outputs on the example.
+    several outputs), ready to feed to the next compiled module.
     """
 
-    def __init__(self, run, native, to_torch, reference, name):
-        self.run, self.native, self.to_torch = run, native, to_torch
-        self.reference, self.name = reference, name
-
-    def __call__(self, x):
-        return self.run(x)
+    def __init__(self, run, native):
+        self.run, self.native = run, native
 
 
 def _as_list(out):
     return [out] if torch.is_tensor(out) else list(out)
 
 
-def _torch_compiled(module, example, device, dtype, name):
-    module = module.to(device)
-    with torch.inference_mode():
-        reference = module(example.to(device))
+def _torch_compiled(module, device, dtype):
+    module = module.to(device) if dtype is None else module.to(device, dtype)
 
     def native(x):
         x = x.to(device)
         return x.to(dtype) if dtype is not None else x
 
-    if dtype is not None:
-        module = module.to(dtype)
-
     def run(x):
         with torch.inference_mode():
             return module(x)
-
-    def to_torch(out):
-        return [o.float().cpu() for o in _as_list(out)]
-    return Compiled(run, native, to_torch, reference, name)
+    return Compiled(run, native)
 
 
 def _onnx_file(module, example, workdir):
@@ -183,10 +170,6 @@ def check_outputs(name, outputs, refs, tol):
 
 def _numpy_native(x):
     return x.detach().float().cpu().contiguous().numpy()
-
-
-def _from_numpy(out):
-    return [torch.from_numpy(o) for o in _as_list_np(out)]
 
 
 def _as_list_np(out):
@@ -215,11 +198,10 @@ def compile_module(module, example, runtime='torch', device='cpu', threads=None,
     name = name or type(module).__name__
     threads = threads or torch.get_num_threads()
     if runtime.startswith('torch'):
-        return _torch_compiled(module, example, device,
-                               torch.bfloat16 if runtime == 'torch-bf16' else None, name)
+        return _torch_compiled(module, device,
+                               torch.bfloat16 if runtime == 'torch-bf16' else None)
     path, refs = _onnx_file(module, example, workdir)
     single = torch.is_tensor(refs) or len(refs) == 1
-    reference = refs[0] if single else refs
     feed_example = _numpy_native(example)
     if runtime == 'onnxruntime':
         import onnxruntime as ort
@@ -250,7 +232,7 @@ def compile_module(module, example, runtime='torch', device='cpu', threads=None,
             return out[0] if single else tuple(out)
         tol = RUNTIME_TOL[precision]
     check_outputs(f'{name} ({runtime})', _as_list_np(run(feed_example)), _as_list(refs), tol)
-    return Compiled(run, _numpy_native, _from_numpy, reference, name)
+    return Compiled(run, _numpy_native)
 
 
 _LIBC = []
@@ -265,8 +247,7 @@ def _libc():
         import ctypes.util
         try:
             libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
-            _LIBC.append(libc if hasattr(libc, 'mallopt') and hasattr(libc, 'malloc_trim')
-                         else None)
+            _LIBC.append(libc if hasattr(libc, 'mallopt') else None)
         except OSError:
             _LIBC.append(None)
     return _LIBC[0]

@@ -302,10 +302,12 @@ def outliers(table, tolerance=0.25):
         groups[(e.kind, e.stage, e.in_width, e.ratio)].append(e)
     flagged = []
     for members in groups.values():
+        if len(members) < 3:
+            continue
         members.sort(key=lambda e: e.width)
         ms = [table.entries[e.key]['ms'] for e in members]
         for i, e in enumerate(members):
-            if len(members) < 3 or 'retimed' in table.entries[e.key]:
+            if 'retimed' in table.entries[e.key]:
                 continue
             if 0 < i < len(members) - 1:
                 expected = max(ms[i - 1], ms[i + 1])
