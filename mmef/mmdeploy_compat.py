@@ -25,8 +25,12 @@ multiplier); mmef passes ``scale=1.0`` with pre-scaled queries, which both read 
 needs no rewriter here. The attention biases of mmef are computed from the traced sizes, so
 dynamic exports are right at other sizes (see :mod:`mmef.models.attention`).
 """
+import contextlib
+import logging
+
 import torch
 import torch.nn.functional as F
+from mmdet.structures.bbox import get_box_tensor
 from mmdeploy.core import FUNCTION_REWRITER, SYMBOLIC_REWRITER
 
 ONNX_INT64 = 7  # TensorProto.INT64
@@ -114,3 +118,264 @@ def _register_segmentor():
 
 
 PaddingCroppedEnd2EndModel = _register_segmentor()
+
+
+# --- Two-stage detectors (Mask R-CNN): mmdet's detections, not an approximation of them --------
+#
+# mmdeploy 1.3.1's ONNX graph of a two-stage detector differs from mmdet's test-time
+# post-processing in four ways, each of which loses or changes some of mmdet's detections
+# (measured on random-weight Mask R-CNNs with widely spread scores: mmdet's top-ranked
+# detections missing from onnxruntime's output):
+#
+# 1. Boxes are clipped to the padded batch shape, not the image shape: the graph only sees the
+#    padded tensor. Proposals and detections that reach into the padding keep their overhang,
+#    which changes their RoI features, scores and boxes. [mmdeploy]
+# 2. The RPN drops proposals whose objectness is below the deploy config's score_threshold
+#    (mmdet keeps every proposal) and runs one NMS over all FPN levels (mmdet: one per level);
+#    it does not drop the zero-size proposals mmdet's ``min_bbox_size`` removes. [mmdeploy]
+# 3. The box head gives every class of a RoI the box regressed for the RoI's highest-scoring
+#    class (mmdet: each class its own box), and caps each class at the deploy config's
+#    max_output_boxes_per_class. [mmdeploy]
+#
+# Fixed here for the ONNX Runtime backend: the graph takes the resized, normalised image
+# unpadded, pads it as the data preprocessor would (``pad_size_divisor``, ``pad_value``) and
+# clips to the unpadded shape; the RPN and box head post-process as mmdet does (per-level NMS by
+# mmcv's coordinate offsets, no score filter on proposals, ``min_bbox_size``; per-class boxes,
+# score filter, per-class NMS by offsets, ``max_per_img``), with onnxruntime's NonMaxSuppression
+# (through mmdeploy's ``ONNXNMSop``). The ``'mmef_end2end'`` backend model (model_type of
+# configs/mmdeploy/instance-seg_onnxruntime_dynamic.py) feeds the graph unpadded images. A
+# batch of images of different sizes is padded to the largest, and all of them are clipped to
+# that shape, as mmdeploy does.
+
+_NO_SCORE = -1.0  # below every score (probabilities)
+
+
+def _pad_to_divisor(x, divisor, value):
+    """``x`` (B, C, H, W) padded at the bottom and right to multiples of ``divisor``, as
+    mmengine's ``stack_batch`` pads; traced with the sizes symbolic."""
+    if divisor <= 1:
+        return x
+    padded = (torch._shape_as_tensor(x)[2:] + divisor - 1) // divisor * divisor
+    x = F.pad(x, (0, divisor - 1, 0, divisor - 1), value=value)
+    rows = torch.arange(padded[0], device=x.device)
+    cols = torch.arange(padded[1], device=x.device)
+    return x.index_select(2, rows).index_select(3, cols)
+
+
+def _offset_nms(boxes, scores, valid, groups, iou_threshold, max_per_img, score_threshold):
+    """mmcv's ``batched_nms`` per image of a batch: NMS within each group (FPN level, class),
+    by shifting each group's boxes by ``group * (largest coordinate + 1)`` as mmcv does, in
+    onnxruntime's NonMaxSuppression (mmdeploy's ``ONNXNMSop``). ``boxes`` (B, N, 4), ``scores``,
+    ``valid``, ``groups`` (B, N); entries not ``valid`` never suppress nor survive.
+    ``score_threshold`` only speeds the NMS up (entries at or below it are not ``valid``).
+    Returns per image, best first: indices into N (B, K) and their validity (B, K); K is the
+    largest number kept in one image (up to ``max_per_img``), the other images' rows are not
+    valid. Empty (K = 0) when nothing is kept."""
+    from mmdeploy.mmcv.ops.nms import ONNXNMSop
+    batch = scores.shape[0]
+    floor = boxes.new_tensor(-1e10)  # below any box coordinate: the max runs over valid boxes
+    largest = torch.where(valid[..., None], boxes, floor).flatten(1).max(1)[0]
+    shifted = boxes + (groups.to(boxes) * (largest[:, None] + 1))[..., None]
+    keys = torch.where(valid, scores, scores.new_tensor(_NO_SCORE))
+    selected = ONNXNMSop.apply(shifted, keys[:, None], max_per_img,
+                               torch.full((1,), float(iou_threshold)),
+                               torch.full((1,), float(score_threshold)))
+    image, index = selected[:, 0], selected[:, 2]
+    # one extra entry, never valid, so that nothing below is empty
+    image = torch.cat([image, image.new_zeros(1)])
+    index = torch.cat([index, index.new_zeros(1)])
+    key = torch.cat([keys[image[:-1], index[:-1]], keys.new_full((1,), _NO_SCORE)])
+    images = torch.arange(batch, device=key.device)[:, None]
+    ranked = torch.where(image[None] == images, key[None], key.new_tensor(_NO_SCORE))
+    ranked, order = ranked.sort(dim=1, descending=True)
+    kept = (ranked > _NO_SCORE).any(0).nonzero()[:, 0]  # the columns some image fills
+    order = order.index_select(1, kept)
+    return index[order], ranked.index_select(1, kept) > _NO_SCORE
+
+
+@FUNCTION_REWRITER.register_rewriter(
+    'mmdet.models.detectors.two_stage.TwoStageDetector.forward', backend='onnxruntime')
+def two_stage_detector__forward(self, batch_inputs, data_samples=None, mode='tensor',
+                                **kwargs):
+    """mmdeploy's two-stage forward on the unpadded image: padded here as the data
+    preprocessor pads, boxes clipped to the unpadded shape (see above)."""
+    from mmdeploy.utils import is_dynamic_shape
+    ctx = FUNCTION_REWRITER.get_context()
+    img_shape = torch._shape_as_tensor(batch_inputs)[2:]
+    if not is_dynamic_shape(ctx.cfg):
+        img_shape = [int(size) for size in img_shape]
+    for sample in data_samples:
+        sample.set_field(name='img_shape', value=img_shape, field_type='metainfo')
+    preprocessor = self.data_preprocessor
+    x = self.extract_feat(_pad_to_divisor(batch_inputs, preprocessor.pad_size_divisor,
+                                          preprocessor.pad_value))
+    if data_samples[0].get('proposals', None) is None:
+        rpn_results_list = self.rpn_head.predict(x, data_samples, rescale=False)
+    else:
+        rpn_results_list = [sample.proposals for sample in data_samples]
+    return self.roi_head.predict(x, rpn_results_list, data_samples, rescale=False)
+
+
+@FUNCTION_REWRITER.register_rewriter(
+    'mmdet.models.dense_heads.rpn_head.RPNHead.predict_by_feat', backend='onnxruntime')
+def rpn_head__predict_by_feat(self, cls_scores, bbox_preds, score_factors=None,
+                              batch_img_metas=None, cfg=None, rescale=False, with_nms=True,
+                              **kwargs):
+    """mmdet's RPN proposals: the ``nms_pre`` best anchors per level, boxes clipped to the
+    image, ``min_bbox_size``, NMS per level, the ``max_per_img`` best. Returns (proposals
+    (B, K, 5) as x1 y1 x2 y2 score, labels (B, K)); rows that are no proposal (only in batches
+    of images with different proposal counts) have score -1."""
+    if rescale or not with_nms:
+        raise NotImplementedError('mmef.mmdeploy_compat: RPN proposals are exported with '
+                                  'rescale=False and with_nms=True only')
+    cfg = self.test_cfg if cfg is None else cfg
+    img_shape = batch_img_metas[0]['img_shape']
+    anchors = self.prior_generator.grid_priors([score.shape[-2:] for score in cls_scores],
+                                               device=cls_scores[0].device)
+    nms_pre = cfg.get('nms_pre', -1)
+    boxes, scores, levels = [], [], []
+    for level, (cls_score, bbox_pred, priors) in enumerate(zip(cls_scores, bbox_preds, anchors)):
+        batch = cls_score.shape[0]
+        cls_score = cls_score.permute(0, 2, 3, 1)
+        if self.use_sigmoid_cls:
+            score = cls_score.reshape(batch, -1).sigmoid()
+        else:
+            score = cls_score.reshape(batch, -1, 2).softmax(-1)[..., 0]
+        delta = bbox_pred.permute(0, 2, 3, 1).reshape(batch, -1, self.bbox_coder.encode_size)
+        if nms_pre > 0:
+            score, index = score.topk(nms_pre, dim=1)  # mmdeploy's topk: at most the level size
+            delta = delta.gather(1, index[..., None].expand(-1, -1, delta.shape[-1]))
+            priors = priors[index]
+        else:
+            priors = priors[None].expand(batch, -1, -1)
+        boxes.append(get_box_tensor(self.bbox_coder.decode(priors, delta, max_shape=img_shape)))
+        scores.append(score)
+        levels.append(torch.full_like(score, level, dtype=torch.long))
+    boxes, scores, levels = torch.cat(boxes, 1), torch.cat(scores, 1), torch.cat(levels, 1)
+    valid = torch.ones_like(scores, dtype=torch.bool)
+    if cfg.get('min_bbox_size', -1) >= 0:
+        sides = boxes[..., 2:] - boxes[..., :2]
+        valid = (sides > cfg.min_bbox_size).all(-1)
+    index, kept = _offset_nms(boxes, scores, valid, levels, cfg.nms.iou_threshold,
+                              cfg.max_per_img, -1.0)
+    boxes = boxes.gather(1, index[..., None].expand(-1, -1, 4))
+    scores = torch.where(kept, scores.gather(1, index), scores.new_tensor(-1.0))
+    return torch.cat([boxes, scores[..., None]], -1), torch.zeros_like(index)
+
+
+def _detections(bbox_head, rois, cls_scores, bbox_preds, img_shape, cfg, roi_valid=None):
+    """mmdet's box-head post-processing for a batch (``BBoxHead._predict_by_feat_single`` and
+    ``multiclass_nms``): each class its own box, scores above ``score_thr``, NMS per class,
+    the ``max_per_img`` best. ``rois`` (B, N, 5) of batch index and box; ``roi_valid`` (B, N)
+    marks real RoIs. Returns dets (B, K, 5) and labels (B, K); rows that are no detection
+    (only in batches) are zeros."""
+    batch, num_rois = rois.shape[:2]
+    classes = bbox_head.num_classes
+    if bbox_head.custom_cls_channels:
+        scores = bbox_head.loss_cls.get_activation(cls_scores)
+    else:
+        scores = F.softmax(cls_scores, dim=-1)
+    scores = scores[..., :classes]
+    boxes = get_box_tensor(bbox_head.bbox_coder.decode(rois[..., 1:], bbox_preds,
+                                                       max_shape=img_shape))
+    boxes = boxes.reshape(batch, num_rois, -1, 4).expand(-1, -1, classes, -1)
+    labels = torch.arange(classes, device=scores.device).expand(batch, num_rois, classes)
+    boxes, scores, labels = boxes.flatten(1, 2), scores.flatten(1), labels.flatten(1)
+    valid = scores > cfg.score_thr
+    if roi_valid is not None:
+        valid = valid & roi_valid[..., None].expand(-1, -1, classes).flatten(1)
+    index, kept = _offset_nms(boxes, scores, valid, labels, cfg.nms.iou_threshold,
+                              cfg.max_per_img, cfg.score_thr)
+    dets = torch.cat([boxes.gather(1, index[..., None].expand(-1, -1, 4)),
+                      scores.gather(1, index)[..., None]], -1)
+    return dets * kept[..., None], torch.where(kept, labels.gather(1, index),
+                                                torch.zeros_like(index))
+
+
+@FUNCTION_REWRITER.register_rewriter(
+    'mmdet.models.roi_heads.bbox_heads.bbox_head.BBoxHead.predict_by_feat',
+    backend='onnxruntime')
+def bbox_head__predict_by_feat(self, rois, cls_scores, bbox_preds, batch_img_metas,
+                               rcnn_test_cfg=None, rescale=False):
+    """mmdet's box-head post-processing on (B, N, ...) tensors (see ``_detections``)."""
+    if rescale or rcnn_test_cfg is None:
+        raise NotImplementedError('mmef.mmdeploy_compat: box heads are exported with '
+                                  'rescale=False and a test_cfg only')
+    return _detections(self, rois, cls_scores, bbox_preds, batch_img_metas[0]['img_shape'],
+                       rcnn_test_cfg)
+
+
+@FUNCTION_REWRITER.register_rewriter(
+    'mmdet.models.roi_heads.standard_roi_head.StandardRoIHead.predict_bbox',
+    backend='onnxruntime')
+def standard_roi_head__predict_bbox(self, x, batch_img_metas, rpn_results_list,
+                                    rcnn_test_cfg, rescale=False):
+    """The box head on the RPN's proposals (B, K, 5); rows that are no proposal (score < 0)
+    give no detection."""
+    if rescale:
+        raise NotImplementedError('mmef.mmdeploy_compat: box heads are exported with '
+                                  'rescale=False only')
+    proposals = rpn_results_list[0]
+    batch, num = proposals.shape[:2]
+    index = torch.arange(batch, device=proposals.device).to(proposals)
+    rois = torch.cat([index.view(-1, 1, 1) + proposals.new_zeros(batch, num, 1),
+                      proposals[..., :4]], -1)
+    results = self._bbox_forward(x, rois.view(-1, 5))
+    cls_scores = results['cls_score'].reshape(batch, num, -1)
+    bbox_preds = results['bbox_pred'].reshape(batch, num, -1)
+    return _detections(self.bbox_head, rois, cls_scores, bbox_preds,
+                       batch_img_metas[0]['img_shape'], rcnn_test_cfg, proposals[..., 4] >= 0)
+
+
+def _register_detector():
+    from mmdeploy.codebase.mmdet.deploy import object_detection_model
+
+    registry = getattr(object_detection_model, '__BACKEND_MODEL')
+
+    @registry.register_module('mmef_end2end')
+    class UnpaddedEnd2EndModel(object_detection_model.End2EndModel):
+        """mmdeploy's ONNX Runtime detector, feeding the graph the resized, normalised image
+        without the data preprocessor's padding (``pad_size_divisor`` 1): the graph exported
+        with mmef.mmdeploy_compat pads it itself and clips boxes to the image, as mmdet does.
+        (Given a padded image it clips to the padded shape, as stock mmdeploy.)"""
+
+        def __init__(self, *args, data_preprocessor=None, **kwargs):
+            if not isinstance(data_preprocessor, dict):
+                raise TypeError("mmef_end2end: the data preprocessor must be given as a config "
+                                f"dict, got {type(data_preprocessor).__name__}")
+            super().__init__(*args, data_preprocessor=dict(data_preprocessor,
+                                                           pad_size_divisor=1), **kwargs)
+
+    return UnpaddedEnd2EndModel
+
+
+UnpaddedEnd2EndModel = _register_detector()
+
+
+class RegistryFallbackFilter(logging.Filter):
+    """Drops mmengine's 'Failed to search registry with scope "mmdet" in the "Codebases"
+    registry tree ... the current "Codebases" registry in "mmdeploy" is used' warnings. mmdeploy
+    builds its own objects (codebases, tasks, backend models) while the model config's scope
+    (mmdet / mmseg) is the default one; its registries have no such child, and the fallback it
+    announces is the registry that holds them: noise on every successful export."""
+
+    def filter(self, record):
+        message = record.getMessage()
+        return not (message.startswith('Failed to search registry with scope')
+                    and 'registry in "mmdeploy" is used' in message)
+
+
+@contextlib.contextmanager
+def quiet_registry_fallback():
+    """Within the block, mmengine's loggers drop the warnings of
+    :class:`RegistryFallbackFilter`; every other message passes."""
+    from mmengine.logging import MMLogger
+    noise = RegistryFallbackFilter()
+    loggers = list(MMLogger._instance_dict.values())
+    for logger in loggers:
+        logger.addFilter(noise)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(noise)

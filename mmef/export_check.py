@@ -1,0 +1,113 @@
+"""Does an exported model give what mmdet / mmseg give? (``tools/deploy.py``; the tests).
+
+Compares mmdeploy's inference path on the exported file (its backend model: test pipeline,
+graph, post-processing on the original image) with mmdet's / mmseg's own inference API on the
+same image and the same checkpoint:
+
+* Detection: each of mmdet's detections is matched to at most one of the backend's, its twin:
+  same label, box IoU above ``iou``, score within ``score``; masks of twins are compared by IoU.
+  Passes when every one of mmdet's ``top`` best detections and at least ``share`` of all of
+  them have a twin, at least ``share`` of the backend's detections are twins, and every twin's
+  mask IoU is at least ``mask_iou``.
+* Segmentation: logits relative to their largest magnitude (when the graph outputs logits) and
+  the share of pixels with the same label.
+"""
+import torch
+
+DETECTION_TOLERANCE = dict(iou=0.99, score=1e-3, top=20, share=0.95, mask_iou=0.99)
+SEGMENTATION_TOLERANCE = dict(logits=1e-4, labels=0.999)
+
+
+def box_iou(a, b):
+    """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4): (N, M)."""
+    top_left = torch.max(a[:, None, :2], b[None, :, :2])
+    bottom_right = torch.min(a[:, None, 2:], b[None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(-1)
+    return inter / (area_a[:, None] + area_b[None] - inter).clamp(min=1e-12)
+
+
+def match_detections(ref, got, iou=0.99, score=1e-3):
+    """Index into ``got`` of each of ``ref``'s detections' twin, -1 where it has none (both
+    mmdet ``InstanceData`` with bboxes, scores, labels; ``ref`` in its order, each of ``got``'s
+    detections used once, the closest box first)."""
+    twins = torch.full((len(ref),), -1, dtype=torch.long)
+    if len(ref) == 0 or len(got) == 0:
+        return twins
+    overlap = box_iou(ref.bboxes.float(), got.bboxes.float())
+    candidate = ((ref.labels[:, None] == got.labels[None]) & (overlap > iou)
+                 & ((ref.scores[:, None] - got.scores[None]).abs() <= score))
+    used = torch.zeros(len(got), dtype=torch.bool)
+    for i in range(len(ref)):
+        options = candidate[i] & ~used
+        if options.any():
+            j = int(torch.where(options, overlap[i], overlap.new_tensor(-1.0)).argmax())
+            twins[i], used[j] = j, True
+    return twins
+
+
+def mask_iou(a, b):
+    """IoU of boolean masks ``a`` and ``b`` (K, H, W), pairwise: (K,)."""
+    a, b = a.bool().flatten(1), b.bool().flatten(1)
+    return (a & b).sum(1) / (a | b).sum(1).clamp(min=1)
+
+
+def compare_detections(ref, got, iou=0.99, score=1e-3, top=20, share=0.95, mask_iou_min=0.99):
+    """Figures of ``got`` (the backend's ``pred_instances``) against ``ref`` (mmdet's) and
+    whether they pass (see the module docstring). Returns a dict."""
+    twins = match_detections(ref, got, iou, score)
+    found = twins >= 0
+    head = found[:top]
+    figures = dict(reference=len(ref), exported=len(got),
+                   top=f'{int(head.sum())}/{len(head)}',
+                   share=float(found.float().mean()) if len(ref) else 1.0,
+                   exported_share=float(found.sum()) / len(got) if len(got) else 1.0,
+                   mask_iou=None)
+    passed = bool(head.all()) and figures['share'] >= share and figures['exported_share'] >= share
+    if 'masks' in ref and 'masks' in got and found.any():
+        ious = mask_iou(ref.masks[found], got.masks[twins[found]])
+        figures['mask_iou'] = float(ious.min())
+        passed = passed and figures['mask_iou'] >= mask_iou_min
+    figures['passed'] = passed
+    return figures
+
+
+def compare_segmentation(ref, got, logits=1e-4, labels=0.999):
+    """Figures of ``got`` (the backend's ``SegDataSample``) against ``ref`` (mmseg's): logits'
+    relative error (where the graph gives logits) and label agreement. Returns a dict."""
+    figures = dict(logits=None)
+    if 'seg_logits' in got:
+        ref_logits, got_logits = ref.seg_logits.data.float(), got.seg_logits.data.float()
+        if ref_logits.shape != got_logits.shape:
+            raise ValueError(f'logits of shape {tuple(got_logits.shape)}, mmseg gives '
+                             f'{tuple(ref_logits.shape)}')
+        scale = ref_logits.abs().max().clamp(min=1e-12)
+        figures['logits'] = float((got_logits - ref_logits).abs().max() / scale)
+    same = got.pred_sem_seg.data == ref.pred_sem_seg.data
+    figures['labels'] = float(same.float().mean())
+    figures['passed'] = (figures['labels'] >= labels
+                         and (figures['logits'] is None or figures['logits'] <= logits))
+    return figures
+
+
+def check_export(deploy_cfg, model_cfg, checkpoint, image, backend_files, device='cpu'):
+    """mmdeploy's backend model on ``backend_files`` against mmdet's / mmseg's inference API,
+    both on ``image`` with ``checkpoint``: (task, figures) where task is 'detection' or
+    'segmentation'. Configs are mmengine Configs; import mmef.mmdeploy_compat first."""
+    from mmdeploy.apis.utils import build_task_processor
+    task = build_task_processor(model_cfg, deploy_cfg, device)
+    inputs, _ = task.create_input(image)
+    backend = task.build_backend_model(list(backend_files), task.update_data_preprocessor)
+    with torch.no_grad():
+        got = backend.test_step(inputs)[0]
+    reference_cfg = model_cfg.copy()
+    if model_cfg.get('default_scope') == 'mmseg':
+        from mmseg.apis import inference_model, init_model
+        ref = inference_model(init_model(reference_cfg, checkpoint, device=device), image)
+        return 'segmentation', compare_segmentation(ref, got, **SEGMENTATION_TOLERANCE)
+    from mmdet.apis import inference_detector, init_detector
+    ref = inference_detector(init_detector(reference_cfg, checkpoint, device=device), image)
+    tol = dict(DETECTION_TOLERANCE)
+    tol['mask_iou_min'] = tol.pop('mask_iou')
+    return 'detection', compare_detections(ref.pred_instances, got.pred_instances, **tol)
