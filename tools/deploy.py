@@ -57,7 +57,7 @@ def main(argv=None):
     args = parse_args(argv)
     import mmef.mmdeploy_compat as compat  # before mmdeploy traces anything
     from mmdeploy.apis import torch2onnx
-    from mmdeploy.utils import get_onnx_config, load_config
+    from mmdeploy.utils import get_input_shape, get_onnx_config, is_dynamic_shape, load_config
     from mmef.checkpoint import load_file
     from mmef.export_check import check_export
     load_file(args.checkpoint)  # clear errors for a missing, corrupt or unsafe file
@@ -76,8 +76,14 @@ def main(argv=None):
                                      [path], args.device)
     print(f'check on {args.image}: {_format(task, figures)}')
     if not figures['passed']:
-        print(f'the exported {task} model does not give what PyTorch gives (tolerances: '
-              'mmef/export_check.py); the file is kept for inspection', file=sys.stderr)
+        hint = ''
+        if not is_dynamic_shape(deploy_cfg):
+            width, height = get_input_shape(deploy_cfg)
+            hint = (f' The deploy config has a static input shape ({height}x{width}): mmdeploy '
+                    'resizes every image to it, mmdet / mmseg keep the aspect ratio; pass '
+                    '--no-check for static exports.')
+        print(f'the exported {task} model does not give what mmdet / mmseg give (tolerances: '
+              f'mmef/export_check.py); {path} is kept for inspection.{hint}', file=sys.stderr)
         sys.exit(1)
     return path
 
