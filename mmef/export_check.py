@@ -113,3 +113,15 @@ def check_export(deploy_cfg, model_cfg, checkpoint, image, backend_files, device
     ref = inference_detector(init_detector(reference_cfg, checkpoint, device=device), image)
     return 'detection', compare_detections(ref.pred_instances, got.pred_instances,
                                            **DETECTION_TOLERANCE)
+
+
+def build_backend_runner(cfg, deploy_cfg, backend_files, device='cpu'):
+    """A test runner of mmdeploy's (``task.build_test_runner``) that evaluates the exported
+    ``backend_files`` through mmdeploy's backend model with the test dataloader and evaluator
+    of ``cfg`` (an mmdet / mmseg Config with its work_dir set): the same metrics as the
+    PyTorch model's ``tools/test.py`` run. Import mmef.mmdeploy_compat first."""
+    from mmdeploy.apis.utils import build_task_processor
+    task = build_task_processor(cfg, deploy_cfg, device)
+    model = task.build_backend_model(list(backend_files), task.update_data_preprocessor)
+    return task.build_test_runner(model, cfg.work_dir)
+

@@ -143,9 +143,9 @@ PaddingCroppedEnd2EndModel = _register_segmentor()
 # mmcv's coordinate offsets, no score filter on proposals, ``min_bbox_size``; per-class boxes,
 # score filter, per-class NMS by offsets, ``max_per_img``), with onnxruntime's NonMaxSuppression
 # (through mmdeploy's ``ONNXNMSop``). The ``'mmef_end2end'`` backend model (model_type of
-# configs/mmdeploy/instance-seg_onnxruntime_dynamic.py) feeds the graph unpadded images. A
-# batch of images of different sizes is padded to the largest, and all of them are clipped to
-# that shape, as mmdeploy does.
+# configs/mmdeploy/instance-seg_onnxruntime_dynamic.py) feeds the graph each image unpadded.
+# Given a batch of images padded to one shape, the graph clips all of them to that shape (as
+# stock mmdeploy does); 'mmef_end2end' therefore runs the images of a batch one at a time.
 
 _NO_SCORE = -1.0  # below every score (probabilities)
 
@@ -334,10 +334,11 @@ def _register_detector():
 
     @registry.register_module('mmef_end2end')
     class UnpaddedEnd2EndModel(object_detection_model.End2EndModel):
-        """mmdeploy's ONNX Runtime detector, feeding the graph the resized, normalised image
-        without the data preprocessor's padding (``pad_size_divisor`` 1): the graph exported
-        with mmef.mmdeploy_compat pads it itself and clips boxes to the image, as mmdet does.
-        (Given a padded image it clips to the padded shape, as stock mmdeploy.)"""
+        """mmdeploy's ONNX Runtime detector, feeding the graph each image as resized and
+        normalised, without the data preprocessor's padding: the graph exported with
+        mmef.mmdeploy_compat pads it itself and clips boxes to that image, as mmdet does.
+        Images of a batch run one at a time, each cropped to its own ``img_shape`` (the
+        preprocessor, at ``pad_size_divisor`` 1, pads a batch only to its largest image)."""
 
         def __init__(self, *args, data_preprocessor=None, **kwargs):
             if not isinstance(data_preprocessor, dict):
@@ -345,6 +346,17 @@ def _register_detector():
                                 f"dict, got {type(data_preprocessor).__name__}")
             super().__init__(*args, data_preprocessor=dict(data_preprocessor,
                                                            pad_size_divisor=1), **kwargs)
+
+        def forward(self, inputs, data_samples, mode='predict', **kwargs):
+            if mode != 'predict':
+                raise ValueError(f"mmef_end2end: mode {mode!r}; deployed models only 'predict'")
+            for image, sample in zip(inputs, data_samples):
+                height, width = sample.img_shape[:2]
+                outputs = self.predict(image[None, :, :height, :width].contiguous())
+                self.postprocessing_results(outputs[0], outputs[1],
+                                            outputs[2] if len(outputs) >= 3 else None,
+                                            [sample])
+            return data_samples
 
     return UnpaddedEnd2EndModel
 

@@ -338,3 +338,55 @@ def test_mask_rcnn_static_onnxruntime(tmp_path):  # V2: the attention constants 
     session = _session(path)
     _assert_static(session)
     _check_mask_rcnn(model, session, [EXPORT_SIZE])
+
+
+def test_backend_evaluation_gives_mmdet_ap(tmp_path):
+    """tools/test.py --backend: the exported demo Mask R-CNN evaluated through mmdeploy's
+    backend model gives the AP that the PyTorch model gives, with the same CocoMetric. So that
+    AP is high and lost or moved detections would lower it, the validation annotations are the
+    PyTorch model's own confident detections (boxes and masks) on 4 shapes images."""
+    import json
+
+    import pycocotools.mask as mask_util
+    from mmdet.apis import inference_detector, init_detector
+    from mmengine.registry import init_default_scope
+
+    from mmef.demo_data import make_coco_shapes
+    from tool_helpers import DET_DEMO, as_argv, det_options
+    from tools import test as test_tool
+
+    data = str(tmp_path / 'coco')
+    make_coco_shapes(data, num_train=1, num_val=4, size=(96, 128), seed=3)
+    model, ckpt, _ = _model_and_checkpoint(DET_DEMO, tmp_path, seed=4)
+    ann_file = osp.join(data, 'annotations/instances_val2017.json')
+    with open(ann_file) as f:
+        coco = json.load(f)
+    init_default_scope('mmdet')
+    detector = init_detector(Config.fromfile(DET_DEMO), ckpt, device='cpu')
+    annotations = []
+    for image in coco['images']:
+        found = inference_detector(detector, osp.join(data, 'val2017', image['file_name']))
+        found = found.pred_instances[found.pred_instances.scores > 0.5][:5]
+        for box, label, mask in zip(found.bboxes.tolist(), found.labels.tolist(),
+                                    found.masks.numpy()):
+            rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+            annotations.append(dict(
+                id=len(annotations) + 1, image_id=image['id'], iscrowd=0,
+                category_id=coco['categories'][label]['id'], area=float(mask.sum()),
+                bbox=[box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                segmentation=dict(size=rle['size'], counts=rle['counts'].decode())))
+    assert len(annotations) >= 8, len(annotations)
+    coco['annotations'] = annotations
+    with open(ann_file, 'w') as f:
+        json.dump(coco, f)
+
+    options = as_argv(det_options(data))
+    reference = test_tool.main([DET_DEMO, ckpt, '--work-dir', str(tmp_path / 'pt'), *options])
+    first = osp.join(data, 'val2017', coco['images'][0]['file_name'])
+    onnx = deploy_tool.main([DEPLOY_DET, DET_DEMO, ckpt, first, '--work-dir',
+                             str(tmp_path / 'onnx')])
+    exported = test_tool.main([DET_DEMO, '--backend', onnx, '--deploy-config', DEPLOY_DET,
+                               '--work-dir', str(tmp_path / 'ort'), *options])
+    for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'):
+        assert reference[key] >= 0.5, reference
+        assert abs(exported[key] - reference[key]) <= 0.001, (key, exported, reference)
