@@ -123,7 +123,7 @@ PaddingCroppedEnd2EndModel = _register_segmentor()
 # --- Two-stage detectors (Mask R-CNN): mmdet's detections, not an approximation of them --------
 #
 # mmdeploy 1.3.1's ONNX graph of a two-stage detector differs from mmdet's test-time
-# post-processing in four ways, each of which loses or changes some of mmdet's detections
+# post-processing in three ways, each of which loses or changes some of mmdet's detections
 # (measured on random-weight Mask R-CNNs with widely spread scores: mmdet's top-ranked
 # detections missing from onnxruntime's output):
 #
@@ -169,8 +169,8 @@ def _offset_nms(boxes, scores, valid, groups, iou_threshold, max_per_img, score_
     ``valid``, ``groups`` (B, N); entries not ``valid`` never suppress nor survive.
     ``score_threshold`` only speeds the NMS up (entries at or below it are not ``valid``).
     Returns per image, best first: indices into N (B, K) and their validity (B, K); K is the
-    largest number kept in one image (up to ``max_per_img``), the other images' rows are not
-    valid. Empty (K = 0) when nothing is kept."""
+    largest number kept in one image (up to ``max_per_img``; 1 when nothing is kept), the
+    other images' rows are not valid."""
     from mmdeploy.mmcv.ops.nms import ONNXNMSop
     batch = scores.shape[0]
     floor = boxes.new_tensor(-1e10)  # below any box coordinate: the max runs over valid boxes
@@ -188,7 +188,11 @@ def _offset_nms(boxes, scores, valid, groups, iou_threshold, max_per_img, score_
     images = torch.arange(batch, device=key.device)[:, None]
     ranked = torch.where(image[None] == images, key[None], key.new_tensor(_NO_SCORE))
     ranked, order = ranked.sort(dim=1, descending=True)
-    kept = (ranked > _NO_SCORE).any(0).nonzero()[:, 0]  # the columns some image fills
+    # the columns some image fills, and at least one: mmdeploy's mask head and backend model
+    # expect a row (a row that is no detection has score 0, which the backend model drops)
+    filled = (ranked > _NO_SCORE).any(0)
+    first = torch.arange(filled.shape[0], device=filled.device) == 0
+    kept = (filled | first).nonzero()[:, 0]
     order = order.index_select(1, kept)
     return index[order], ranked.index_select(1, kept) > _NO_SCORE
 

@@ -390,3 +390,40 @@ def test_backend_evaluation_gives_mmdet_ap(tmp_path):
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'):
         assert reference[key] >= 0.5, reference
         assert abs(exported[key] - reference[key]) <= 0.001, (key, exported, reference)
+
+
+def _demo_export(tmp_path, name, ckpt, image, score_thr):
+    """The demo Mask R-CNN with the box head's score_thr set, exported (dynamic) with ckpt."""
+    from tool_helpers import DET_DEMO
+    config = tmp_path / f'{name}.py'
+    config.write_text(f'_base_ = [{DET_DEMO!r}]\n'
+                      f'model = dict(test_cfg=dict(rcnn=dict(score_thr={score_thr})))\n')
+    return deploy_tool.main([DEPLOY_DET, str(config), ckpt, image, '--work-dir',
+                             str(tmp_path / name)])
+
+
+def test_mask_rcnn_graph_batches_and_empty_results(tmp_path):
+    """The graph on a batch of two images gives each image's own detections (rows that are no
+    detection, where the other image has more, are zeros), and with nothing above the score
+    threshold one zero row (mmdeploy's backend model drops it: the tool's check finds mmdet's 0
+    detections)."""
+    from tool_helpers import DET_DEMO
+    model, ckpt, image = _model_and_checkpoint(DET_DEMO, tmp_path, seed=4)
+    session = _session(_demo_export(tmp_path, 'some', ckpt, image, 0.999))
+    x = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(0)).numpy()
+    x[1] *= 0.1  # fewer confident detections
+    dets, labels, masks = session.run(None, {'input': x})
+    counts = []
+    for i in range(2):
+        one = session.run(None, {'input': x[i:i + 1]})
+        count = one[0].shape[1]
+        counts.append(count)
+        np.testing.assert_allclose(dets[i, :count], one[0][0], rtol=1e-5, atol=1e-4)
+        np.testing.assert_array_equal(labels[i, :count], one[1][0])
+        assert np.abs(masks[i, :count] - one[2][0]).max() <= 1e-4
+        assert (dets[i, count:] == 0).all()
+    assert dets.shape[1] == max(counts) and min(counts) < max(counts), counts  # rows padded
+
+    session = _session(_demo_export(tmp_path, 'none', ckpt, image, 1.0))
+    dets, labels, masks = session.run(None, {'input': x})
+    assert dets.shape == (2, 1, 5) and (dets == 0).all() and masks.shape == (2, 1, 28, 28)
