@@ -63,6 +63,8 @@ def load_pretrained(model, path, prefix=None, map_location='cpu'):
             f"attention bias; build the backbone with attn_bias_mode='official' and "
             f'attn_bias_resolution={options}, or convert it with tools/convert_checkpoint.py, '
             f'which prints the setting it needs')
+    if hasattr(model, 'map_backbone_keys'):  # a supernet: backbone names to its own
+        ckpt.backbone = model.map_backbone_keys(ckpt.backbone)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = match_keys(ckpt, expected, _describe(model),
                        fit=_bias_table_fitter(model, ckpt.path))
@@ -71,7 +73,10 @@ def load_pretrained(model, path, prefix=None, map_location='cpu'):
     result = model.load_state_dict(matched, strict=False)
     # matched only holds the model's own names, so nothing can be unexpected; the missing keys
     # are the ones match_keys listed, reported below
-    if result.unexpected_keys or sorted(result.missing_keys) != found['missing']:
+    # (BatchNorm fills a missing num_batches_tracked itself, so load_state_dict omits those)
+    listed = [k for k in found['missing'] if not k.endswith('num_batches_tracked')]
+    if result.unexpected_keys or sorted(k for k in result.missing_keys
+                                        if not k.endswith('num_batches_tracked')) != listed:
         raise RuntimeError(f'internal error loading {ckpt.path!r}: {result}')
     missing, unexpected, classifier = found['missing'], found['unexpected'], found['classifier']
     print_log(

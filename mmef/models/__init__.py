@@ -2,8 +2,9 @@ from mmengine.registry import MODELS as MMENGINE_MODELS
 
 from .efficientformer import EfficientFormer
 from .efficientformer_v2 import EfficientFormerV2
+from .supernet import EfficientFormerSupernet
 
-for _cls in (EfficientFormer, EfficientFormerV2):
+for _cls in (EfficientFormer, EfficientFormerV2, EfficientFormerSupernet):
     MMENGINE_MODELS.register_module(module=_cls)
 
-__all__ = ['EfficientFormer', 'EfficientFormerV2']
+__all__ = ['EfficientFormer', 'EfficientFormerV2', 'EfficientFormerSupernet']
