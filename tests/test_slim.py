@@ -98,3 +98,102 @@ def test_errors():
         slim(net, _table(max_widths=(48, 96, 224, 432)), 100, _score)
     steps = slim(net, table, 1e9, _score)  # already within the budget
     assert len(steps) == 1
+
+
+def _meta(table, size):
+    table.meta.update(input_size=list(size), runtime_version='synthetic', threads=1,
+                      dtype='float32', cpu=dict(model='none: a synthetic table'), date='-')
+    return table
+
+
+def test_slim_tool_writes_a_subnet_that_loads(tmp_path):
+    """tools/slim.py on the demo supernet config (generated scenes): the found sub-network
+    meets the target on the table; its config builds; its checkpoint loads through init_cfg
+    with no missing or unexpected key; the loaded backbone computes what the supernet computes
+    fixed to the found arch; arch, steps and the path plot are written."""
+    import json
+    import os.path as osp
+
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+
+    from mmef.checkpoint import load_pretrained
+    from tool_helpers import ROOT, as_argv, seg_options, tiny_ade
+    from tools import slim as slim_tool
+    from weights import randomize
+
+    config = osp.join(ROOT, 'configs/demo/fpn_efficientformer-supernet-l1_scenes-demo.py')
+    data = tiny_ade(str(tmp_path / 'ade'))
+    cfg = Config.fromfile(config)
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        from mmseg.registry import MODELS
+        model = MODELS.build(cfg.model)
+    model.init_weights()
+    randomize(model.backbone, seed=7)
+    with torch.no_grad():
+        for _, _, path in model.backbone.meta_paths():
+            path.alpha.normal_()
+    ckpt = str(tmp_path / 'supernet.pth')
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, ckpt)
+    table = _meta(_table(), (128, 128))
+    table_file = str(tmp_path / 'table.json')
+    table.save(table_file)
+    start = table.predict(model.backbone.backbone_arch(model.backbone.largest_arch()))
+    out = tmp_path / 'slim'
+    steps = slim_tool.main([config, ckpt, '--table', table_file, '--target-ms',
+                            str(0.5 * start), '--work-dir', str(out), '--val-batches', '2',
+                            *as_argv(seg_options(data))])
+    assert steps[-1]['latency_ms'] <= 0.5 * start < steps[-2]['latency_ms']
+    assert len({s['score'] for s in steps}) > 1  # the loss depends on the arch
+    actions = {s['action'] for s in steps}
+    assert 'narrow' in actions, actions  # so that the neck's input channels are cut below
+    found = json.loads((out / 'arch.json').read_text())
+    assert found['arch'] == steps[-1]['backbone_arch']
+    assert json.loads((out / 'steps.json').read_text())[-1]['arch'] == steps[-1]['arch']
+    assert (out / 'path.png').stat().st_size > 1000
+
+    sub_cfg = Config.fromfile(str(out / 'subnet_config.py'))
+    assert sub_cfg.model.backbone.type == 'EfficientFormer'
+    assert not any(h['type'] == 'SupernetTemperatureHook' for h in sub_cfg.custom_hooks)
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        backbone = MODELS.build(sub_cfg.model.backbone)
+    summary = load_pretrained(backbone, sub_cfg.model.backbone.init_cfg.checkpoint,
+                              prefix='backbone.')
+    assert summary['missing'] == [] and summary['unexpected'] == []
+    supernet = model.backbone.eval()
+    supernet.fix(steps[-1]['arch'])
+    x = torch.randn(1, 3, 96, 128)
+    for a, b in zip(backbone.eval()(x), supernet(x)):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+    # the whole model (neck input channels cut to the sub-network's): the supernet model's
+    # logits with the supernet fixed (outputs zero-padded for its neck)
+    from mmengine.runner import load_checkpoint
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        sub_cfg.model.backbone.init_cfg = None
+        subnet = MODELS.build(sub_cfg.model).eval()
+    load_checkpoint(subnet, str(out / 'subnet.pth'), strict=True)
+    assert subnet.neck.lateral_convs[0].conv.in_channels == steps[-1]['arch']['widths'][0]
+    supernet.fix(steps[-1]['arch'], full_width_outputs=True)
+    with torch.no_grad():
+        meta = [dict(img_shape=(96, 128))]
+        ref = model.eval().encode_decode(x, meta)
+        assert torch.allclose(subnet.encode_decode(x, meta), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_slim_tool_refuses_a_table_of_another_size_and_a_plain_backbone(tmp_path):
+    import os.path as osp
+
+    from tool_helpers import ROOT, SEG_DEMO
+    from tools import slim as slim_tool
+    config = osp.join(ROOT, 'configs/demo/fpn_efficientformer-supernet-l1_scenes-demo.py')
+    table_file = str(tmp_path / 'table.json')
+    _meta(_table(), (512, 512)).save(table_file)
+    ckpt = tmp_path / 'x.pth'
+    ckpt.write_bytes(b'')
+    from mmef.latency import TableMismatch
+    with pytest.raises(TableMismatch, match=r'input_size \[512, 512\] in the table, \[128, 128\]'):
+        slim_tool.main([config, str(ckpt), '--table', table_file, '--target-ms', '1',
+                        '--work-dir', str(tmp_path / 'o')])
+    with pytest.raises(SystemExit, match='not an EfficientFormerSupernet'):
+        slim_tool.main([SEG_DEMO, str(ckpt), '--table', table_file, '--target-ms', '1',
+                        '--work-dir', str(tmp_path / 'o')])

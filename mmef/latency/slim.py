@@ -145,3 +145,117 @@ def _listed(arch):
     return {k: [list(v) if isinstance(v, tuple) else v for v in vs] if isinstance(vs, tuple)
             and vs and isinstance(vs[0], tuple) else list(vs) if isinstance(vs, tuple) else
             copy.deepcopy(vs) for k, vs in arch.items()}
+
+
+# --------------------------------------------------------------------------- on a real task
+def annotations_first(pipeline):
+    """A copy of a test pipeline with LoadAnnotations moved right after image loading, so that
+    resizing scales the annotations with the image (mmdet's and mmseg's test pipelines load them
+    after resizing, at the original scale, for the metrics)."""
+    steps = [dict(step) for step in pipeline]
+    loads = [s for s in steps if str(s.get('type', '')).endswith('LoadAnnotations')]
+    rest = [s for s in steps if s not in loads]
+    at = next((i + 1 for i, s in enumerate(rest)
+               if str(s.get('type', '')).startswith('LoadImage')), 0)
+    return rest[:at] + loads + rest[at:]
+
+
+def task_input_size(cfg):
+    """(H, W) of the backbone input a config's test pipeline gives: its ``crop_size`` when it
+    has one (mmseg), else its Resize scale with the long side padded to 32 (mmdet's 1333x800
+    gives 800x1344)."""
+    if cfg.get('crop_size'):
+        return tuple(int(v) for v in cfg.crop_size)
+    for step in cfg.test_dataloader.dataset.pipeline:
+        if str(step.get('type', '')).endswith('Resize') and step.get('scale'):
+            long, short = max(step['scale']), min(step['scale'])
+            return (int(short), int(-(-long // 32) * 32))
+    raise ValueError('cannot tell the input size from the config (no crop_size, no Resize with '
+                     'a scale in the test pipeline): pass --input-size H W')
+
+
+def loss_evaluator(model, batches, seed=0):
+    """``evaluate(arch)`` for :func:`slim`: minus the model's mean total loss on ``batches``
+    (data batches with annotations) with the supernet fixed to ``arch``, in eval mode (BatchNorm
+    statistics of the supernet), with the random state reset (samplers of two-stage heads draw
+    at random) so that every arch sees the same draws."""
+    import torch
+
+    backbone = model.backbone
+
+    def evaluate(arch):
+        backbone.fix(arch, full_width_outputs=True)  # the supernet's neck takes them
+        model.eval()
+        torch.manual_seed(seed)
+        total = 0.
+        with torch.no_grad():
+            for batch in batches:
+                data = model.data_preprocessor(batch, False)
+                losses = model.loss(data['inputs'], data['data_samples'])
+                total += float(sum(v.sum() for k, v in losses.items() if 'loss' in k
+                                   and torch.is_tensor(v)))
+        backbone.fix(None)
+        return -total / len(batches)
+
+    return evaluate
+
+
+def subnet_state_dict(model, subnet_model, arch):
+    """State dict of ``subnet_model`` (the model of the sub-network's config) from the supernet
+    ``model``: the backbone extracted (:meth:`EfficientFormerSupernet.extract`), every other
+    tensor the leading slice of the supernet model's (the neck's input channels cut to the
+    sub-network's widths)."""
+    backbone = model.backbone.extract(arch).state_dict()
+    own = model.state_dict()
+    state = {}
+    for key, value in subnet_model.state_dict().items():
+        if key.startswith('backbone.'):
+            state[key] = backbone[key[len('backbone.'):]]
+        else:
+            state[key] = own[key][tuple(slice(0, n) for n in value.shape)].clone()
+    return state
+
+
+def subnet_config(supernet_config, backbone, arch, checkpoint, custom_hooks, neck=None):
+    """Text of a config that inherits the supernet's and trains the found sub-network:
+    ``EfficientFormer(arch=...)`` with ``backbone`` (the supernet's backbone settings that carry
+    over) initialised from ``checkpoint``, the neck's ``in_channels`` (when ``neck`` has them)
+    the sub-network's output widths, the temperature hook removed."""
+    keep = {k: v for k, v in backbone.items()
+            if k in ('in_channels', 'out_indices', 'frozen_stages', 'norm_eval',
+                     'drop_path_rate', 'layer_scale_init_value', 'attn_bias_mode',
+                     'attn_bias_resolution')}
+    hooks = [h for h in custom_hooks or [] if h.get('type') != 'SupernetTemperatureHook']
+    settings = ''.join(f'        {k}={v!r},\n' for k, v in keep.items())
+    necks = ''
+    if neck and 'in_channels' in neck:
+        indices = backbone.get('out_indices', (0, 1, 2, 3))
+        necks = f',\n    neck=dict(in_channels={[arch["widths"][i] for i in indices]!r})'
+    return (f'# The sub-network found by tools/slim.py in the supernet of\n# {supernet_config}\n'
+            f'_base_ = [{supernet_config!r}]\n\n'
+            f'model = dict(\n    backbone=dict(\n        _delete_=True,\n'
+            f"        type='EfficientFormer',\n        arch={dict(arch)!r},\n{settings}"
+            f"        init_cfg=dict(type='Pretrained', checkpoint={checkpoint!r},\n"
+            f"                      prefix='backbone.')){necks})\n"
+            f'custom_hooks = {hooks!r}\n')
+
+
+def plot_path(steps, path, target_ms):
+    """PNG of the slimming path: predicted latency against the validation score."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ms = [s['latency_ms'] for s in steps]
+    score = [s['score'] for s in steps]
+    ax.plot(ms, score, '-o', markersize=3)
+    for s in steps[1:]:
+        ax.annotate(s['action'][0], (s['latency_ms'], s['score']), fontsize=6)
+    ax.axvline(target_ms, color='gray', linestyle='--', label=f'target {target_ms:.1f} ms')
+    ax.set_xlabel('predicted latency (ms)')
+    ax.set_ylabel('validation score (minus loss)')
+    ax.invert_xaxis()
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

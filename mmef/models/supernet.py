@@ -22,6 +22,7 @@ import copy
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..registry import MODELS
@@ -155,7 +156,8 @@ class EfficientFormerSupernet(EfficientFormerBase):
             for i in range(self.num_stages))
         for i in self.out_indices:
             self.add_module(f'norm{i}', nn.GroupNorm(1, widths[i]))
-        self._fixed = None  # (arch, EfficientFormer of its shape, subnet key -> supernet key)
+        # (arch, EfficientFormer of its shape, subnet key -> supernet key, full-width outputs)
+        self._fixed = None
         self._freeze_stages()
 
     check_arch = EfficientFormer.check_arch
@@ -250,17 +252,23 @@ class EfficientFormerSupernet(EfficientFormerBase):
                                f'({sorted(set(tensors) ^ set(names))[:4]})')
         return tensors
 
-    def fix(self, arch):
+    def fix(self, arch, full_width_outputs=False):
         """From now on the forward computes exactly the sub-network ``arch`` (hard choices, the
         first channels of each stage) with the supernet's parameters; ``fix(None)`` returns to
-        the mixed supernet. Gradients and BatchNorm statistics go to the supernet's tensors."""
+        the mixed supernet. Gradients and BatchNorm statistics go to the supernet's tensors.
+
+        With ``full_width_outputs`` the outputs are zero-padded to the supernet's widths, so
+        that a neck built for the supernet takes them: for a neck whose first layer on each
+        output is linear in its channels (FPN's lateral convolutions) that equals the neck with
+        its input channels cut to the sub-network's (what :func:`mmef.latency.slim.
+        subnet_state_dict` keeps)."""
         if arch is None:
             self._fixed = None
             return
         arch = self.check_subnet(arch)
         module = self._subnet_module(arch)
         module.to(next(self.parameters()).device)
-        self._fixed = (arch, module, self.subnet_keys(arch))
+        self._fixed = (arch, module, self.subnet_keys(arch), bool(full_width_outputs))
 
     @property
     def fixed_arch(self):
@@ -294,12 +302,16 @@ class EfficientFormerSupernet(EfficientFormerBase):
     def forward(self, x):
         self.check_input(x)
         if self._fixed is not None:
-            _, module, names = self._fixed
+            _, module, names, full_width = self._fixed
             module.train(self.training)
             for m in module.modules():
                 if hasattr(m, 'clear_bias_cache'):  # the tables are the supernet's, may change
                     m.clear_bias_cache()
-            return functional_call(module, self._sliced(module, names), (x,))
+            outs = functional_call(module, self._sliced(module, names), (x,))
+            if full_width:
+                outs = tuple(F.pad(out, (0, 0, 0, 0, 0, self.widths[i] - out.shape[1]))
+                             for i, out in zip(self.out_indices, outs))
+            return outs
         noise = self.noise if self.training else 'none'
         x = self.stem(x)
         outs = []
