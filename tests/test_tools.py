@@ -259,14 +259,21 @@ class RankDumpHook(Hook):
 """
 
 
-def test_dist_train_two_cpu_processes_agree(data, tmp_path):
-    """tools/dist_train.sh: 2 processes (torchrun, gloo) train the seg config; ranks agree."""
+SUPERNET_SEG_DEMO = osp.join(ROOT, 'configs/demo/fpn_efficientformer-supernet-l1_scenes-demo.py')
+
+
+@pytest.mark.parametrize('base', [SEG_DEMO, SUPERNET_SEG_DEMO], ids=['l1', 'supernet'])
+def test_dist_train_two_cpu_processes_agree(base, data, tmp_path):
+    """tools/dist_train.sh: 2 processes (torchrun, gloo) train the seg config (and the supernet
+    one: each rank draws its own Gumbel noise); ranks agree, architecture weights included."""
     (tmp_path / 'rank_dump.py').write_text(RANK_DUMP_HOOK)
     config = tmp_path / 'dist_cfg.py'
-    config.write_text(f"_base_ = {SEG_DEMO!r}\n"
+    config.write_text(f"_base_ = {base!r}\n"
                       "custom_imports = dict(imports=['mmef', 'rank_dump'], "
                       "allow_failed_imports=False)\n"
-                      "custom_hooks = [dict(type='RankDumpHook')]\n")
+                      "custom_hooks = [dict(type='RankDumpHook')"
+                      + (", dict(type='SupernetTemperatureHook')" if base == SUPERNET_SEG_DEMO
+                         else '') + ']\n')
     work = str(tmp_path / 'work')
     opts = seg_options(data['ade'], iters=3, ckpt_interval=1)
     opts['train_dataloader.batch_size'] = 1
@@ -288,3 +295,6 @@ def test_dist_train_two_cpu_processes_agree(data, tmp_path):
     assert torch.equal(saved['state_dict'][w], r0[w])
     # and the weights they agree on were trained: iteration 1 differs from iteration 3
     assert not torch.equal(_state(osp.join(work, 'iter_1.pth'))['state_dict'][w], r0[w])
+    alphas = [k for k in r0 if k.endswith('.alpha')]
+    assert len(alphas) == (15 if base == SUPERNET_SEG_DEMO else 0)
+    assert all(r0[k].abs().sum() > 0 for k in alphas)  # trained away from their zero init
