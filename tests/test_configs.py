@@ -106,7 +106,9 @@ def _point_to_data(cfg, data):
             cfg[name].dataset.data_root = data['ade']
 
 
-@pytest.mark.parametrize('path', [p for p in CONFIGS if 'efficientformerv2' not in p], ids=_rel)
+@pytest.mark.parametrize('path', [p for p in CONFIGS
+                                  if 'efficientformerv2' not in p and 'supernet' not in p],
+                         ids=_rel)
 def test_config_builds(path, data, tmp_path):
     """V1 configs (the V2 ones: tests/test_v2_configs.py)."""
     from mmengine.optim import build_optim_wrapper
@@ -196,3 +198,38 @@ def test_config_builds(path, data, tmp_path):
             labels = ds.gt_sem_seg.data.unique()
             assert set(labels.tolist()) <= {1, 2, 4, 6, 9, 12, 255}  # ADE ids - 1, ignore
             assert ds.gt_sem_seg.data.shape[-2:] == inputs.shape[-2:] or name == 'val_dataloader'
+
+
+@pytest.mark.parametrize('path', [p for p in CONFIGS if 'supernet' in p], ids=_rel)
+def test_supernet_config_builds(path):
+    """The supernet configs: the recipe of the config they inherit with an
+    EfficientFormerSupernet of the same widths (L7's ImageNet weights for the real ones), no
+    weight decay on the architecture weights, and the temperature hook."""
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import HOOKS, MODELS
+    cfg = Config.fromfile(path)
+    assert cfg.custom_imports == dict(imports=['mmef'], allow_failed_imports=False)
+    init_default_scope(cfg.default_scope)
+    backbone = cfg.model.backbone
+    assert backbone.type == 'EfficientFormerSupernet'
+    assert list(cfg.model.neck.in_channels) == list(WIDTHS[backbone.arch])
+    if '/demo/' not in path:
+        assert backbone.arch == 'l7' and backbone.init_cfg.type == 'Pretrained'
+        assert 'efficientformer_l7' in backbone.init_cfg.checkpoint
+        assert cfg.optim_wrapper.optimizer.lr == 2e-4
+    hooks = [HOOKS.build(h) for h in cfg.custom_hooks]
+    assert [type(h).__name__ for h in hooks] == ['SupernetTemperatureHook']
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model)
+    with torch.no_grad():
+        feats = model.neck(model.backbone.eval()(torch.rand(1, 3, 64, 96)))
+    assert all(f.shape[1] == cfg.model.neck.out_channels for f in feats)
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {names[id(p)]: g['weight_decay'] for g in wrapper.optimizer.param_groups
+             for p in g['params']}
+    base = cfg.optim_wrapper.optimizer.weight_decay
+    assert decay['backbone.stages.3.blocks.0.alpha'] == 0
+    assert decay['backbone.stages.0.blocks.0.mb4d.ls1.gamma'] == 0
+    assert decay['backbone.stages.3.blocks.0.mb4d.mlp.fc1.conv.weight'] == pytest.approx(base)
+

@@ -46,7 +46,8 @@ def _format(task, figures):
         logits = ('not compared (the graph outputs labels)' if figures['logits'] is None else
                   f"{figures['logits']:.2e} relative")
         return f"logits {logits}; labels agree on {figures['labels']:.2%} of pixels"
-    masks = '' if figures['mask_iou'] is None else f"; mask IoU of twins >= {figures['mask_iou']:.4f}"
+    masks = ('' if figures['mask_iou'] is None else
+             f"; mask IoU of twins >= {figures['mask_iou']:.4f}")
     return (f"mmdet {figures['reference']} detections, onnxruntime {figures['exported']}; "
             f"twins of mmdet's top 20: {figures['top']}, of all: {figures['share']:.1%}, "
             f"of onnxruntime's: {figures['exported_share']:.1%}{masks}")
