@@ -15,6 +15,9 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
 
+# what the EfficientFormer ImageNet weights were trained on (RGB, ImageNet mean / std)
+from .checkpoint.pretrained import IMAGENET_NORM
+
 SCOPES = ('mmdet', 'mmseg')
 _CKPT_NAME = re.compile(r'^(iter|epoch)_(\d+)\.pth$')
 
@@ -39,12 +42,6 @@ def load_config(path, cfg_options=None):
     check_feature_channels(cfg)
     check_input_normalisation(cfg)
     return cfg, scope
-
-
-# What the EfficientFormer ImageNet weights (original, timm, mmpretrain) were trained on:
-# RGB images normalised with the ImageNet mean and std (mmdet / mmseg load images as BGR)
-IMAGENET_NORM = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
-                     bgr_to_rgb=True)
 
 
 def _is_efficientformer(node):

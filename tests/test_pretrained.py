@@ -133,6 +133,9 @@ def test_loading_logs_a_summary(l1_file):
     assert f'loaded 274 tensors from {l1_file}' in log
     assert "missing 8: ['norm0.bias'" in log
     assert "classifier left out as expected: 6 (['dist_head', 'head', 'norm'])" in log
+    # what an ImageNet file expects of the model's data preprocessor (issue 19)
+    assert ('ImageNet weights, trained on RGB images normalised with mean '
+            '[123.675, 116.28, 103.53] and std [58.395, 57.12, 57.375]') in log
 
 
 @pytest.mark.parametrize('resolution', [7, 12])

@@ -13,6 +13,10 @@ from .io import CheckpointError
 from .reader import match_keys, read_checkpoint
 
 IMAGENET_BIAS_RESOLUTION = 7
+# the input normalisation the ImageNet weights were trained with (as mmdet / mmseg
+# data_preprocessor settings)
+IMAGENET_NORM = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
+                     bgr_to_rgb=True)
 
 
 def _bias_table_fitter(model, path):
@@ -85,6 +89,13 @@ def load_pretrained(model, path, prefix=None, map_location='cpu'):
         f'unexpected {len(unexpected)}: {unexpected[:8]}; '
         f'classifier left out as expected: {len(classifier)} '
         f'({sorted({k.split(".")[0] for k in classifier})})', logger='current')
+    if ckpt.kind == 'imagenet':
+        # the backbone cannot see the detector's data_preprocessor (the tools check configs:
+        # mmef.engine.check_input_normalisation); say what these weights expect
+        print_log(f'{ckpt.path}: ImageNet weights, trained on RGB images normalised with mean '
+                  f'{IMAGENET_NORM["mean"]} and std {IMAGENET_NORM["std"]}: the model\'s '
+                  f'data_preprocessor must give them (mean=..., std=..., bgr_to_rgb=True for '
+                  f'BGR-loaded images)', logger='current')
     return dict(loaded=sorted(matched), missing=missing, unexpected=unexpected,
                 classifier=classifier)
 
