@@ -12,10 +12,18 @@
 4. prints the metrics next to the targets (box AP50 >= 0.5, mask AP50 >= 0.4, mIoU >= 0.6).
 
 Usage: python tools/demo.py [--only det|seg] [--threads 2] [--seed 0] [--strict] [--arch v2-s0]
+       python tools/demo.py --slim [--threads 2] [--seed 0]
 
 ``--arch`` trains another backbone with the same recipe: 'l1' (default, the configs as they are),
 'l3', 'l7', or EfficientFormerV2 'v2-s0', 'v2-s1', 'v2-s2', 'v2-l' (from scratch, so its
 BatchNorms train: norm_eval off). The measured targets are for L1.
+
+``--slim`` runs the latency-driven search end to end on the generated scenes (docs/slimming.md):
+measures the deployed L1 at 512x512 on this CPU (the budget), trains a supernet of L3's shape,
+slims it to that budget with the shipped 512x512 latency table (docs/latency/data, measured on
+an AMD EPYC with AVX2, 2 threads: it says when this CPU is another), trains the found
+sub-network and L1 the same way from scratch, and reports both mIoU and both measured
+latencies (also in work_dirs/demo/slim/report.json).
 """
 import argparse
 import glob
@@ -95,7 +103,7 @@ ARCHS = ('l1', 'l3', 'l7', 'v2-s0', 'v2-s1', 'v2-s2', 'v2-l')
 
 def train(task, seed, arch='l1'):
     """Trains and validates the task's demo config; returns (metrics, checkpoint, seconds)."""
-    from mmef.engine import build_runner, load_config
+    from mmef.engine import load_config
     cfg, _ = load_config(TASKS[task]['config'])
     if arch != 'l1':
         backbone, widths = backbone_setting(arch)
@@ -103,6 +111,13 @@ def train(task, seed, arch='l1'):
         cfg.work_dir = TASKS[task]['work_dir'] + f'_{arch}'
     else:
         cfg.work_dir = TASKS[task]['work_dir']
+    return train_config(cfg, task, seed)
+
+
+def train_config(cfg, task, seed):
+    """Trains and validates ``cfg`` (a loaded config with its work_dir set); returns (metrics,
+    checkpoint, seconds, cfg)."""
+    from mmef.engine import build_runner
     cfg.randomness = dict(seed=seed)
     t0 = time.time()
     runner = build_runner(cfg)
@@ -146,6 +161,78 @@ def picture(task, checkpoint, num_images=6, cfg=None, arch='l1'):
     return path
 
 
+SLIM = dict(config='configs/demo/fpn_efficientformer-supernet-l3_scenes-demo.py',
+            table='docs/latency/data/lut_v1_512x512_torch.json', size=(512, 512),
+            work_dir='work_dirs/demo/slim', val_batches=8)
+
+
+def slim_demo(seed, threads):
+    """The search end to end (see the module docstring); returns the report dict."""
+    import statistics
+
+    from mmef.engine import load_config
+    from mmef.latency import LatencyTable
+    from mmef.latency.measure import measure_models
+    from mmef.latency.slim import slim_task
+    from mmef.runtimes import cpu_info, keep_freed_memory, runtime_info
+    make_data('seg', seed)
+    work = SLIM['work_dir']
+    table = LatencyTable.load(SLIM['table'])
+    keep_freed_memory()  # as the table was measured
+    table.check(input_size=SLIM['size'], allocator=runtime_info('torch')['allocator'])
+    here, there = cpu_info(), table.meta['cpu']
+    if (here['model'], sorted(here['flags'])) != (there['model'], sorted(there['flags'])) or \
+            threads != table.meta['threads']:
+        print(f"[slim] NOTE: the table was measured on {there['model']} {there['flags']} with "
+              f"{table.meta['threads']} threads; this is {here['model']} {here['flags']} with "
+              f'{threads}: its predictions are for that machine (build one here: '
+              'tools/latency_table.py build --family v1 --size 512 512)')
+
+    def measured(models):
+        times = measure_models(models, SLIM['size'], 'torch', threads=threads, runs=15)
+        return {label: statistics.median(ms) for label, ms in times.items()}
+
+    budget = measured({'l1': ('v1', 'l1')})['l1']
+    print(f'[slim] budget: deployed L1 at 512x512 measured {budget:.1f} ms here '
+          f'(table predicts {table.predict("l1"):.1f} ms)')
+    cfg, _ = load_config(SLIM['config'])
+    cfg.work_dir = osp.join(work, 'supernet')
+    supernet_metrics, supernet_ckpt, supernet_s, _ = train_config(cfg, 'seg', seed)
+    t0 = time.time()
+    steps = slim_task(SLIM['config'], supernet_ckpt, SLIM['table'], budget,
+                      osp.join(work, 'search'), val_batches=SLIM['val_batches'],
+                      input_size=SLIM['size'])
+    search_s = time.time() - t0
+    arch = steps[-1]['backbone_arch']
+    results = {}
+    for name, path in (('subnet', osp.join(work, 'search', 'subnet_config.py')),
+                       ('l1', TASKS['seg']['config'])):
+        cfg, _ = load_config(path)
+        cfg.model.backbone.init_cfg = None  # both from scratch, the same recipe
+        cfg.custom_hooks = []
+        cfg.work_dir = osp.join(work, name)
+        metrics, _, seconds, _ = train_config(cfg, 'seg', seed)
+        results[name] = dict(mIoU=metrics['mIoU'], aAcc=metrics['aAcc'], train_s=seconds)
+    latency = measured({'subnet': ('v1', arch), 'l1': ('v1', 'l1')})
+    report = dict(
+        budget_ms=budget, table=table.describe(), found_arch=arch,
+        predicted_ms=steps[-1]['latency_ms'], steps=len(steps) - 1,
+        supernet=dict(mIoU=supernet_metrics['mIoU'], train_s=supernet_s), search_s=search_s,
+        subnet=dict(results['subnet'], measured_ms=latency['subnet']),
+        l1=dict(results['l1'], measured_ms=latency['l1'], predicted_ms=table.predict('l1')))
+    with open(osp.join(work, 'report.json'), 'w') as f:
+        json.dump(report, f, indent=1)
+    print('\n[slim] results (generated scenes; latencies of deployed backbones at 512x512, '
+          f'torch, {threads} threads, medians of 15 runs, measured together)')
+    print(f"  budget (L1 measured first): {budget:.1f} ms; found in {len(steps) - 1} steps "
+          f"({search_s:.0f} s): {arch}, predicted {steps[-1]['latency_ms']:.1f} ms")
+    for name in ('subnet', 'l1'):
+        r = report[name]
+        print(f"  {name:6s} mIoU {r['mIoU']:.2f}  measured {r['measured_ms']:.1f} ms  trained "
+              f"in {r['train_s']:.0f} s")
+    return report
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--only', choices=sorted(TASKS), help='run one task')
@@ -155,9 +242,16 @@ def main(argv=None):
                         help='exit with status 1 when a metric misses its target')
     parser.add_argument('--arch', default='l1', choices=ARCHS,
                         help='backbone to train (default l1: the demo configs as they are)')
+    parser.add_argument('--slim', action='store_true',
+                        help='the latency-driven search end to end (see above)')
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # the demo configs use paths relative to the repository
     torch.set_num_threads(args.threads)
+    if args.slim:
+        if args.only or args.arch != 'l1' or args.strict:
+            parser.error('--slim runs its own trainings: no --only / --arch / --strict')
+        slim_demo(args.seed, args.threads)
+        return 0
     start = time.time()
     report = []
     for task in ([args.only] if args.only else ['det', 'seg']):

@@ -259,3 +259,76 @@ def plot_path(steps, path, target_ms):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def slim_task(config, checkpoint, table, target_ms, work_dir, val_batches=8, input_size=None,
+              cfg_options=None):
+    """What ``tools/slim.py`` does (see it): slims the supernet of ``config`` (trained weights
+    in ``checkpoint``) to ``target_ms`` on the latency table file ``table``, scoring with minus
+    the loss on ``val_batches`` validation batches, and writes the results to ``work_dir``.
+    Returns the steps."""
+    import json
+    import os
+    import os.path as osp
+
+    import torch
+    from mmengine.registry import MODELS, DefaultScope
+    from mmengine.runner import load_checkpoint
+
+    from ..engine import build_runner, load_config
+    from ..fileio import atomic_write
+    from .table import LatencyTable
+    cfg, _ = load_config(config, cfg_options)
+    backbone = cfg.model.get('backbone', {})
+    if str(backbone.get('type', '')).split('.')[-1] != 'EfficientFormerSupernet':
+        raise SystemExit(f'{config}: model.backbone is {backbone.get("type")!r}, not an '
+                         'EfficientFormerSupernet: slim a supernet config (configs/supernet/)')
+    size = tuple(input_size) if input_size else task_input_size(cfg)
+    table = LatencyTable.load(table).check(family='v1', input_size=size)
+    print(f'table: {table.describe()}')
+
+    os.makedirs(work_dir, exist_ok=True)
+    cfg.work_dir = osp.join(work_dir, 'runner')
+    cfg.val_dataloader.dataset.pipeline = annotations_first(cfg.val_dataloader.dataset.pipeline)
+    cfg.model.backbone.init_cfg = None  # the checkpoint has all weights
+    runner = build_runner(cfg)
+    model = runner.model
+    load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    batches = []
+    for batch in runner.build_dataloader(cfg.val_dataloader):
+        batches.append(batch)
+        if len(batches) == val_batches:
+            break
+
+    def progress(step):
+        print(f"step {step['step']}: {step['action']} ({step['what']}): latency "
+              f"{step['latency_ms']:.2f} ms (target {target_ms:.2f}), score "
+              f"{step['score']:.4f}", flush=True)
+
+    steps = slim(model.backbone, table, target_ms, loss_evaluator(model, batches),
+                 model.backbone.out_indices, progress=progress)
+    found = steps[-1]
+    arch = model.backbone.check_subnet(found['arch'])
+    backbone_arch = model.backbone.backbone_arch(arch)
+
+    ckpt = osp.abspath(osp.join(work_dir, 'subnet.pth'))
+    config_file = osp.join(work_dir, 'subnet_config.py')
+    atomic_write(subnet_config(osp.abspath(config), cfg.model.backbone, backbone_arch, ckpt,
+                               cfg.get('custom_hooks'), cfg.model.get('neck')), config_file)
+    sub_cfg, _ = load_config(config_file)
+    sub_cfg.model.backbone.init_cfg = None
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        subnet_model = MODELS.build(sub_cfg.model)
+    state = {'state_dict': subnet_state_dict(model, subnet_model, arch),
+             'meta': dict(arch=backbone_arch, slimmed_from=checkpoint)}
+    atomic_write(lambda f: torch.save(state, f), ckpt)
+    atomic_write(json.dumps(dict(supernet_arch=found['arch'], arch=found['backbone_arch'],
+                                 predicted_ms=found['latency_ms'], target_ms=target_ms,
+                                 table=table.describe()), indent=1),
+                 osp.join(work_dir, 'arch.json'))
+    atomic_write(json.dumps(steps, indent=1), osp.join(work_dir, 'steps.json'))
+    plot_path(steps, osp.join(work_dir, 'path.png'), target_ms)
+    print(f"found {backbone_arch}: predicted {found['latency_ms']:.2f} ms (target "
+          f'{target_ms:.2f}); wrote {work_dir}')
+    return steps
+
