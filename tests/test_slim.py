@@ -180,7 +180,7 @@ def test_slim_tool_writes_a_subnet_that_loads(tmp_path):
         assert torch.allclose(subnet.encode_decode(x, meta), ref, atol=1e-4, rtol=1e-4)
 
 
-def test_slim_tool_refuses_a_table_of_another_size_and_a_plain_backbone(tmp_path):
+def test_slim_tool_refuses_a_table_of_another_size_or_runtime_and_a_plain_backbone(tmp_path):
     import os.path as osp
 
     from tool_helpers import ROOT, SEG_DEMO
@@ -193,6 +193,10 @@ def test_slim_tool_refuses_a_table_of_another_size_and_a_plain_backbone(tmp_path
     from mmef.latency import TableMismatch
     with pytest.raises(TableMismatch, match=r'input_size \[512, 512\] in the table, \[128, 128\]'):
         slim_tool.main([config, str(ckpt), '--table', table_file, '--target-ms', '1',
+                        '--work-dir', str(tmp_path / 'o')])
+    with pytest.raises(TableMismatch, match='runtime torch in the table, onnxruntime asked'):
+        slim_tool.main([config, str(ckpt), '--table', table_file, '--target-ms', '1',
+                        '--input-size', '512', '512', '--runtime', 'onnxruntime',
                         '--work-dir', str(tmp_path / 'o')])
     with pytest.raises(SystemExit, match='not an EfficientFormerSupernet'):
         slim_tool.main([SEG_DEMO, str(ckpt), '--table', table_file, '--target-ms', '1',

@@ -35,6 +35,8 @@ def parse_args(argv=None):
                         help='validation batches each candidate is scored on')
     parser.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'),
                         help='the input size the table must be of (default: the config\'s)')
+    parser.add_argument('--runtime', help='the runtime you deploy on (torch, onnxruntime, ...): '
+                                          'the table must be of it')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
     args = parser.parse_args(argv)
@@ -51,7 +53,7 @@ def main(argv=None):
     from mmef.latency.slim import slim_task
     return slim_task(args.config, args.checkpoint, args.table, args.target_ms, args.work_dir,
                      val_batches=args.val_batches, input_size=args.input_size,
-                     cfg_options=args.cfg_options)
+                     runtime=args.runtime, cfg_options=args.cfg_options)
 
 
 if __name__ == '__main__':

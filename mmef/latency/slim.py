@@ -262,11 +262,11 @@ def plot_path(steps, path, target_ms):
 
 
 def slim_task(config, checkpoint, table, target_ms, work_dir, val_batches=8, input_size=None,
-              cfg_options=None):
+              runtime=None, cfg_options=None):
     """What ``tools/slim.py`` does (see it): slims the supernet of ``config`` (trained weights
     in ``checkpoint``) to ``target_ms`` on the latency table file ``table``, scoring with minus
     the loss on ``val_batches`` validation batches, and writes the results to ``work_dir``.
-    Returns the steps."""
+    ``runtime`` (e.g. 'onnxruntime'), when given, must be the table's. Returns the steps."""
     import json
     import os
     import os.path as osp
@@ -284,7 +284,7 @@ def slim_task(config, checkpoint, table, target_ms, work_dir, val_batches=8, inp
         raise SystemExit(f'{config}: model.backbone is {backbone.get("type")!r}, not an '
                          'EfficientFormerSupernet: slim a supernet config (configs/supernet/)')
     size = tuple(input_size) if input_size else task_input_size(cfg)
-    table = LatencyTable.load(table).check(family='v1', input_size=size)
+    table = LatencyTable.load(table).check(family='v1', input_size=size, runtime=runtime)
     print(f'table: {table.describe()}')
 
     os.makedirs(work_dir, exist_ok=True)
