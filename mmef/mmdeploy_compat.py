@@ -20,6 +20,12 @@ mmdeploy's default one); nothing installed is edited. What it fixes, and whose i
   (``codebase_config.model_type`` of ``configs/mmdeploy/segmentation_onnxruntime_dynamic.py``)
   crops the padding first and post-processes as mmseg does. [mmdeploy]
 
+* mmdeploy's ONNX graph of two-stage detectors (Mask R-CNN) loses some of mmdet's detections:
+  boxes clipped to the padded batch, a score filter and one NMS over all levels in the RPN, the
+  best class's box for every class in the box head. Rewritten to post-process as mmdet does,
+  with the ``'mmef_end2end'`` detector backend model feeding unpadded images (the section
+  below lists each difference). [mmdeploy]
+
 mmdeploy's rewrite of ``F.scaled_dot_product_attention`` reads ``scale`` as a divisor (torch: a
 multiplier); mmef passes ``scale=1.0`` with pre-scaled queries, which both read the same, so it
 needs no rewriter here. The attention biases of mmef are computed from the traced sizes, so
