@@ -18,24 +18,15 @@ DETECTION_TOLERANCE = dict(iou=0.99, score=1e-3, top=20, share=0.95, mask_iou=0.
 SEGMENTATION_TOLERANCE = dict(logits=1e-4, labels=0.999)
 
 
-def box_iou(a, b):
-    """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4): (N, M)."""
-    top_left = torch.max(a[:, None, :2], b[None, :, :2])
-    bottom_right = torch.min(a[:, None, 2:], b[None, :, 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(-1)
-    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(-1)
-    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(-1)
-    return inter / (area_a[:, None] + area_b[None] - inter).clamp(min=1e-12)
-
-
 def match_detections(ref, got, iou=0.99, score=1e-3):
     """Index into ``got`` of each of ``ref``'s detections' twin, -1 where it has none (both
     mmdet ``InstanceData`` with bboxes, scores, labels; ``ref`` in its order, each of ``got``'s
     detections used once, the closest box first)."""
+    from mmdet.structures.bbox import bbox_overlaps
     twins = torch.full((len(ref),), -1, dtype=torch.long)
     if len(ref) == 0 or len(got) == 0:
         return twins
-    overlap = box_iou(ref.bboxes.float(), got.bboxes.float())
+    overlap = bbox_overlaps(ref.bboxes.float(), got.bboxes.float())
     candidate = ((ref.labels[:, None] == got.labels[None]) & (overlap > iou)
                  & ((ref.scores[:, None] - got.scores[None]).abs() <= score))
     used = torch.zeros(len(got), dtype=torch.bool)

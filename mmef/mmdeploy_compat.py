@@ -234,7 +234,7 @@ def rpn_head__predict_by_feat(self, cls_scores, bbox_preds, score_factors=None,
     """mmdet's RPN proposals: the ``nms_pre`` best anchors per level, boxes clipped to the
     image, ``min_bbox_size``, NMS per level, the ``max_per_img`` best. Returns (proposals
     (B, K, 5) as x1 y1 x2 y2 score, labels (B, K)); rows that are no proposal (only in batches
-    of images with different proposal counts) have score -1."""
+    of images with different proposal counts) have score ``_NO_SCORE`` (-1)."""
     if rescale or not with_nms:
         raise NotImplementedError('mmef.mmdeploy_compat: RPN proposals are exported with '
                                   'rescale=False and with_nms=True only')
@@ -267,9 +267,9 @@ def rpn_head__predict_by_feat(self, cls_scores, bbox_preds, score_factors=None,
         sides = boxes[..., 2:] - boxes[..., :2]
         valid = (sides > cfg.min_bbox_size).all(-1)
     index, kept = _offset_nms(boxes, scores, valid, levels, cfg.nms.iou_threshold,
-                              cfg.max_per_img, -1.0)
+                              cfg.max_per_img, _NO_SCORE)
     boxes = boxes.gather(1, index[..., None].expand(-1, -1, 4))
-    scores = torch.where(kept, scores.gather(1, index), scores.new_tensor(-1.0))
+    scores = torch.where(kept, scores.gather(1, index), scores.new_tensor(_NO_SCORE))
     return torch.cat([boxes, scores[..., None]], -1), torch.zeros_like(index)
 
 

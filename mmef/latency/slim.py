@@ -14,7 +14,7 @@ Each action's latency gain comes from the table; its score drop is evaluated by 
 action with the smallest drop per millisecond saved is taken, until the predicted latency is at
 most the target. Importances are the supernet's (:meth:`EfficientFormerSupernet.importance`).
 """
-import copy
+import json
 
 from .blocks import arch_entries
 
@@ -106,9 +106,10 @@ def slim(supernet, table, target_ms, evaluate, out_indices=(0, 1, 2, 3), start=N
                          f'{list(min_widths)}); raise the target')
 
     def record(step, action, what, a, ms, score, **extra):
-        entries = arch_entries('v1', supernet.backbone_arch(a), out_indices)
+        backbone = supernet.backbone_arch(a)
+        entries = arch_entries('v1', backbone, out_indices)
         rec = dict(step=step, action=action, what=what, arch=_listed(a),
-                   backbone_arch=_listed(supernet.backbone_arch(a)), latency_ms=ms, score=score,
+                   backbone_arch=_listed(backbone), latency_ms=ms, score=score,
                    entries={e.key: n for e, n in sorted(entries.items())}, **extra)
         if progress is not None:
             progress(rec)
@@ -141,10 +142,8 @@ def slim(supernet, table, target_ms, evaluate, out_indices=(0, 1, 2, 3), start=N
 
 
 def _listed(arch):
-    """An arch dict with lists (JSON-like)."""
-    return {k: [list(v) if isinstance(v, tuple) else v for v in vs] if isinstance(vs, tuple)
-            and vs and isinstance(vs[0], tuple) else list(vs) if isinstance(vs, tuple) else
-            copy.deepcopy(vs) for k, vs in arch.items()}
+    """An arch dict as JSON has it (tuples become lists)."""
+    return json.loads(json.dumps(arch))
 
 
 # --------------------------------------------------------------------------- on a real task
@@ -205,6 +204,7 @@ def subnet_state_dict(model, subnet_model, arch):
     ``model``: the backbone extracted (:meth:`EfficientFormerSupernet.extract`), every other
     tensor the leading slice of the supernet model's (the neck's input channels cut to the
     sub-network's widths)."""
+    from ..models.supernet import leading_slice
     backbone = model.backbone.extract(arch).state_dict()
     own = model.state_dict()
     state = {}
@@ -212,7 +212,7 @@ def subnet_state_dict(model, subnet_model, arch):
         if key.startswith('backbone.'):
             state[key] = backbone[key[len('backbone.'):]]
         else:
-            state[key] = own[key][tuple(slice(0, n) for n in value.shape)].clone()
+            state[key] = leading_slice(own[key], value.shape).clone()
     return state
 
 
@@ -267,7 +267,6 @@ def slim_task(config, checkpoint, table, target_ms, work_dir, val_batches=8, inp
     in ``checkpoint``) to ``target_ms`` on the latency table file ``table``, scoring with minus
     the loss on ``val_batches`` validation batches, and writes the results to ``work_dir``.
     ``runtime`` (e.g. 'onnxruntime'), when given, must be the table's. Returns the steps."""
-    import json
     import os
     import os.path as osp
 

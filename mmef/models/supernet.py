@@ -35,6 +35,12 @@ WIDTH_STEP = 16
 NOISES = ('gumbel', 'uniform', 'none')
 
 
+def leading_slice(tensor, shape):
+    """The first ``shape`` entries of ``tensor`` in every dimension (a view): a sub-network's
+    tensor in the supernet's (the first channels of each narrowed stage)."""
+    return tensor[tuple(slice(0, n) for n in shape)]
+
+
 def mixing_weights(alpha, tau, noise):
     """``softmax((alpha + eps) / tau)`` with ``eps`` standard Gumbel, U(0, 1) or 0 noise."""
     if noise == 'none':
@@ -212,12 +218,10 @@ class EfficientFormerSupernet(EfficientFormerBase):
         """{EfficientFormer key: supernet key} for a sub-network (the key maps of
         :meth:`extract` and :meth:`fix`; tensors are taken as their leading slices)."""
         arch = self.check_subnet(arch)
-        names = {}
-        for key in ('stem', 'norm'):
-            names.update({k: k for k in self.state_dict() if k.startswith(key)})
+        keys = list(self.state_dict())
+        names = {k: k for k in keys if k.startswith(('stem', 'norm'))}
         for i, choices in enumerate(arch['blocks']):
-            names.update({k: k for k in self.state_dict()
-                          if k.startswith(f'stages.{i}.downsample.')})
+            names.update({k: k for k in keys if k.startswith(f'stages.{i}.downsample.')})
             num_4d = num_3d = 0
             for j, choice in enumerate(choices):
                 if choice == 'identity':
@@ -227,7 +231,7 @@ class EfficientFormerSupernet(EfficientFormerBase):
                 else:
                     target, num_3d = f'stages.{i}.attn_blocks.{num_3d}.', num_3d + 1
                 source = f'stages.{i}.blocks.{j}.{choice}.'
-                names.update({target + k[len(source):]: k for k in self.state_dict()
+                names.update({target + k[len(source):]: k for k in keys
                               if k.startswith(source)})
         return names
 
@@ -245,8 +249,7 @@ class EfficientFormerSupernet(EfficientFormerBase):
         own.update(self.named_buffers())
         tensors = {}
         for key, target in module.state_dict().items():
-            source = own[names[key]]
-            tensors[key] = source[tuple(slice(0, n) for n in target.shape)]
+            tensors[key] = leading_slice(own[names[key]], target.shape)
         if set(tensors) != set(names):
             raise RuntimeError(f'internal error: sub-network keys differ from the key map '
                                f'({sorted(set(tensors) ^ set(names))[:4]})')
