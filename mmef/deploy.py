@@ -112,6 +112,34 @@ class ChannelsLast(nn.Module):
         return x.contiguous(memory_format=torch.channels_last)
 
 
+BAND_FLOATS = 2**22
+
+
+def _mlp_by_rows(x, hidden, halo, band_floats, mlp):
+    """``x + mlp(x)`` for a channels_last map, one band of rows of one sample at a time.
+
+    The MLP's 1x1 convs (and V2's depthwise 3x3) work on each row band alone, given ``halo``
+    rows of context on each side: ``mlp(rows, r0, r1)`` gets the band with its context and
+    returns the MLP output of its rows ``r0:r1``. A band's ``hidden``-channel maps hold at most
+    ``band_floats`` values, so they are reused from the heap and stay in the cache instead of
+    being written to and read back from memory whole (L1's stage-1 hidden map at 800x1344 is
+    52 MB: a fresh mapping, paid in page faults on every forward). Other memory formats run
+    whole.
+    """
+    b, _, h, w = x.shape
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        return mlp(x, 0, h).add_(x)
+    step = max(1, band_floats // (hidden * w))
+    out = torch.empty_like(x)
+    for i in range(b):
+        for r0 in range(0, h, step):
+            r1 = min(h, r0 + step)
+            lo, hi = max(0, r0 - halo), min(h, r1 + halo)
+            rows = mlp(x[i:i + 1, :, lo:hi], r0 - lo, r1 - lo)
+            torch.add(rows, x[i:i + 1, :, r0:r1], out=out[i:i + 1, :, r0:r1])
+    return out
+
+
 class DeployedMB4D(_InferenceOnly):
     """MB4D with BN and ``ls2`` folded: ``x = lerp(x, pool(x), ls1)``, ``x + fc2(gelu(fc1(x)))``.
 
@@ -120,6 +148,8 @@ class DeployedMB4D(_InferenceOnly):
         fused_mixer (bool): lerp / in-place forward; False gives the plain out-of-place
             ``x + ls1 * (pool(x) - x)`` (a benchmark ablation). Defaults to True.
     """
+
+    band_floats = BAND_FLOATS  # hidden-map floats per band of rows (CPU inference)
 
     def __init__(self, block, fused_mixer=True):
         super().__init__()
@@ -145,7 +175,10 @@ class DeployedMB4D(_InferenceOnly):
             return x + self.fc2(self.act(self.fc1(x)))
         # without autograd, in-place ops reuse buffers (fresh large buffers cost page faults)
         x = self.pool(x).lerp_(x, 1 - gamma)
-        return self.fc2(torch.ops.aten.gelu_(self.fc1(x))).add_(x)
+        if not _use_inplace_attention(x):
+            return self.fc2(torch.ops.aten.gelu_(self.fc1(x))).add_(x)
+        return _mlp_by_rows(x, self.fc1.out_channels, 0, self.band_floats,
+                            lambda rows, r0, r1: self.fc2(torch.ops.aten.gelu_(self.fc1(rows))))
 
 
 def _exact_gelu(act):
@@ -157,7 +190,10 @@ def _exact_gelu(act):
 
 class DeployedV2Block(_InferenceOnly):
     """EfficientFormerV2 FFN / AttnFFN block with BN and layer scales folded into the convs:
-    ``x + attn(x)`` (AttnFFN), then ``x + fc2(gelu(mid(gelu(fc1(x)))))``."""
+    ``x + attn(x)`` (AttnFFN), then ``x + fc2(gelu(mid(gelu(fc1(x)))))``; on CPU without
+    autograd or tracing the MLP runs a band of rows at a time (:func:`_mlp_by_rows`)."""
+
+    band_floats = BAND_FLOATS  # hidden-map floats per band of rows (CPU inference)
 
     def __init__(self, block):
         super().__init__()
@@ -178,8 +214,65 @@ class DeployedV2Block(_InferenceOnly):
             return x + self.fc2(self.act(self.mid(self.act(self.fc1(x)))))
         if self.attn is not None:
             x = self.attn(x).add_(x)
-        h = torch.ops.aten.gelu_(self.mid(torch.ops.aten.gelu_(self.fc1(x))))
-        return self.fc2(h).add_(x)
+        if not _use_inplace_attention(x):
+            h = torch.ops.aten.gelu_(self.mid(torch.ops.aten.gelu_(self.fc1(x))))
+            return self.fc2(h).add_(x)
+
+        def mlp(rows, r0, r1):  # rows: the band with a row of halo (the 3x3 conv's) each side
+            h = self.mid(torch.ops.aten.gelu_(self.fc1(rows)))
+            return self.fc2(torch.ops.aten.gelu_(h[:, :, r0:r1]))
+
+        return _mlp_by_rows(x, self.fc1.out_channels, 1, self.band_floats, mlp)
+
+
+def _use_inplace_attention(x):
+    return (x.device.type == 'cpu' and not torch.is_grad_enabled()
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+            and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling())
+
+
+CHUNK_FLOATS = 2**22
+
+
+def _attention_rows(q, k, v, probabilities, chunk_floats=CHUNK_FLOATS):
+    """CPU inference attention, a block of query rows at a time (softmax is per row: exact).
+
+    ``q``, ``k``, ``v``: (B, heads, N, d), (B, heads, M, d), (B, heads, M, dv).
+    ``probabilities(q_rows, k_t, r0, a, s)`` returns the (heads, rows, M) attention weights of
+    the query rows ``r0:r0 + rows`` (``q_rows``: (heads, rows, d), ``k_t``: (heads, d, M)),
+    computed in the two work buffers ``a`` and ``s`` of that shape. Blocks hold at most
+    ``chunk_floats`` logits, so the buffers are reused from the heap, stay in the cache and no
+    (heads, N, M) matrix is ever allocated (one is 35 MB for 1050 tokens: a fresh mapping, paid
+    in page faults on every forward). Returns (B, N, heads, dv): the tokens' outputs side by
+    side, i.e. the NHWC memory of the (B, heads * dv, h, w) map.
+    """
+    b, heads, n, _ = q.shape
+    m = k.shape[-2]
+    rows = max(1, min(n, chunk_floats // (heads * m)))
+    out = q.new_empty((b, n, heads, v.shape[-1]))
+    work = [q.new_empty(heads * rows * m) for _ in range(2)]
+    for i in range(b):
+        k_t = k[i].transpose(1, 2)
+        for r0 in range(0, n, rows):
+            r = min(rows, n - r0)
+            a, s = (buf[:heads * r * m].view(heads, r, m) for buf in work)
+            p = probabilities(q[i, :, r0:r0 + r], k_t, r0, a, s)
+            torch.bmm(p, v[i], out=out[i, r0:r0 + r].transpose(0, 1))
+    return out
+
+
+def _biased_softmax(bias, scale=1.0):
+    """``probabilities`` of :func:`_attention_rows` for ``softmax(scale * q k^T + bias)``: the
+    GEMM adds the bias rows, the softmax runs in place."""
+    def probabilities(q_rows, k_t, r0, a, s):
+        torch.baddbmm(bias[:, r0:r0 + q_rows.shape[1]], q_rows, k_t, alpha=scale, out=a)
+        return torch.softmax(a, -1, out=a)
+    return probabilities
+
+
+def _gelu(act, x):
+    """``act(x)`` (exact GELU), in place where ``x`` is a buffer of the inference path."""
+    return torch.ops.aten.gelu_(x) if _use_inplace_attention(x) else act(x)
 
 
 def _fold_query_scale(attn):
@@ -192,8 +285,10 @@ class DeployedAttention4D(_InferenceOnly):
     """V2's :class:`Attention4D` with the logit scale folded into the query conv, and the first
     talking head folded with the bias: ``W1 (S + B) + b1 = W1 S + C`` with the constant
     ``C = W1 B + b1`` computed once per grid size. On CPU without autograd or tracing, each
-    sample's (heads, N, N) logits live in two buffers, the talking heads run as matrix products
-    over the heads and the softmax in place."""
+    block of query rows' logits live in two buffers (:func:`_attention_rows`), the talking heads
+    run as matrix products over the heads and the softmax in place."""
+
+    chunk_floats = CHUNK_FLOATS  # logits per block of query rows (CPU inference)
 
     def __init__(self, attn):
         super().__init__()
@@ -223,29 +318,34 @@ class DeployedAttention4D(_InferenceOnly):
         w1 = a.talking_head1.weight.flatten(1).to(q.dtype)
         w2, b2 = a.talking_head2.weight.flatten(1).to(q.dtype), a.talking_head2.bias.to(q.dtype)
         if _use_inplace_attention(x):
-            n = h * w
-            out = q.new_empty(q.shape[:-1] + v.shape[-1:])
-            for i in range(b):
-                logits = torch.bmm(q[i], k[i].transpose(1, 2)).view(heads, -1)
-                mixed = torch.addmm(const.view(heads, -1), w1, logits)
-                torch.softmax(mixed.view(heads, n, n), -1, out=mixed.view(heads, n, n))
-                torch.addmm(b2[:, None], w2, mixed, out=logits)
-                torch.bmm(logits.view(heads, n, n), v[i], out=out[i])
+            def probabilities(q_rows, k_t, r0, logits, mixed):
+                rows = q_rows.shape[1]
+                torch.bmm(q_rows, k_t, out=logits)
+                torch.addmm(const[:, r0:r0 + rows].reshape(heads, -1), w1,
+                            logits.view(heads, -1), out=mixed.view(heads, -1))
+                torch.softmax(mixed, -1, out=mixed)
+                torch.addmm(b2[:, None], w2, mixed.view(heads, -1), out=logits.view(heads, -1))
+                return logits
+
+            out = _attention_rows(q, k, v, probabilities, self.chunk_floats)
+            out = out.view(b, h, w, -1).permute(0, 3, 1, 2).add_(v_local)  # channels_last
         else:
             logits = q @ k.transpose(-2, -1)
             shape = logits.shape
             logits = torch.matmul(w1, logits.flatten(2)).view(shape) + const
             attn = torch.matmul(w2, logits.softmax(-1).flatten(2)).view(shape) + b2.view(-1, 1, 1)
-            out = attn @ v
-        out = out.transpose(-2, -1).reshape(b, -1, h, w) + v_local
+            out = (attn @ v).transpose(-2, -1).reshape(b, -1, h, w) + v_local
         if a.stride_conv is not None:
             out = F.interpolate(out, size=size, mode='bilinear', align_corners=False)
-        return a.proj(a.act(out))
+        return a.proj(_gelu(a.act, out))
 
 
 class DeployedAttention4DDownsample(_InferenceOnly):
     """V2's downsampling attention with the logit scale folded into the query conv; on CPU
-    without autograd or tracing the bias is added by the GEMM and the softmax runs in place."""
+    without autograd or tracing it runs a block of query rows at a time
+    (:func:`_attention_rows`), the bias added by the GEMM and the softmax in place."""
+
+    chunk_floats = CHUNK_FLOATS  # logits per block of query rows (CPU inference)
 
     def __init__(self, attn):
         super().__init__()
@@ -263,15 +363,12 @@ class DeployedAttention4DDownsample(_InferenceOnly):
         v = _heads(v, a.num_heads)
         bias = a.attn_bias((hq, wq), (h, w), dtype=q.dtype)
         if _use_inplace_attention(x):
-            out = q.new_empty(q.shape[:-1] + v.shape[-1:])
-            for i in range(b):
-                logits = torch.baddbmm(bias, q[i], k[i].transpose(1, 2))
-                torch.softmax(logits, -1, out=logits)
-                torch.bmm(logits, v[i], out=out[i])
+            out = _attention_rows(q, k, v, _biased_softmax(bias), self.chunk_floats)
+            out = out.view(b, hq, wq, -1).permute(0, 3, 1, 2).add_(v_local)  # channels_last
         else:
             out = (q @ k.transpose(-2, -1) + bias).softmax(-1) @ v
-        out = out.transpose(-2, -1).reshape(b, -1, hq, wq) + v_local
-        return a.proj(a.act(out))
+            out = out.transpose(-2, -1).reshape(b, -1, hq, wq) + v_local
+        return a.proj(_gelu(a.act, out))
 
 
 class DeployedAttention(_InferenceOnly):
@@ -288,6 +385,8 @@ class DeployedAttention(_InferenceOnly):
         super().__init__()
         self.attn = attn.eval()
 
+    chunk_floats = CHUNK_FLOATS  # logits per block of query rows (CPU inference)
+
     def attn_bias(self, hw):
         return self.attn.attn_bias(hw)
 
@@ -297,18 +396,8 @@ class DeployedAttention(_InferenceOnly):
         attn = self.attn
         q, k, v = attn.project_qkv(x)
         bias = attn.attn_bias(hw, dtype=q.dtype)
-        out = q.new_empty(q.shape[:-1] + v.shape[-1:])
-        for i in range(q.shape[0]):
-            logits = torch.baddbmm(bias, q[i], k[i].transpose(1, 2), alpha=attn.scale)
-            torch.softmax(logits, -1, out=logits)
-            torch.bmm(logits, v[i], out=out[i])
-        return attn.merge_heads(out)
-
-
-def _use_inplace_attention(x):
-    return (x.device.type == 'cpu' and not torch.is_grad_enabled()
-            and not torch.jit.is_tracing() and not torch.jit.is_scripting()
-            and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling())
+        out = _attention_rows(q, k, v, _biased_softmax(bias, attn.scale), self.chunk_floats)
+        return attn.proj(out.flatten(2))
 
 
 class DeployedMB3D(_InferenceOnly):

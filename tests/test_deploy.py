@@ -9,7 +9,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmef.deploy import (DeployedGroupNorm, DeployedMB3D, DeployedMB4D, fold_conv_norm,
                          is_deployed, switch_to_deploy, switch_to_deploy_model)
-from mmef.models import EfficientFormer
+from mmef.models import EfficientFormer, EfficientFormerV2
 from mmef.models.layers import MB3D, MB4D, ConvNorm, DropPath, LayerScale
 from weights import randomize, shrink_bn_variances
 
@@ -50,6 +50,52 @@ def test_deployed_equals_unfused(arch, mode):
         if size[0] == 96:  # the autograd path of the deployed model (lerp, SDPA) too
             with torch.enable_grad():
                 assert_rel_close([o.detach() for o in deployed(x)], refs)
+
+
+@pytest.mark.parametrize('family', ['v1', 'v2'])
+def test_row_blocks_equal_whole_maps(family):
+    """The CPU inference paths run attention a block of query rows at a time and the MLPs a
+    band of rows at a time (with V2's 3x3 halo). At test sizes the default blocks cover whole
+    maps, so small ones force many blocks (the last one short, bands at the map's borders), for
+    two samples, at a map size and its transpose. Each such module is compared with its own
+    plain path (taken with autograd on) on the inputs it gets inside the network, with bias
+    tables large enough to matter next to q.k; the whole model with the unfused one; and an
+    NCHW deployment runs its MLPs whole."""
+    torch.manual_seed(0)
+    model = (EfficientFormer('l1') if family == 'v1' else EfficientFormerV2('s0'))
+    model.init_weights()
+    model = randomize(model).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith('bias_table'):
+                p.mul_(10)
+    small = switch_to_deploy(copy.deepcopy(model))
+    blocked = [m for m in small.modules() if hasattr(m, 'chunk_floats')]
+    banded = [m for m in small.modules() if hasattr(m, 'band_floats')]
+    assert blocked and banded
+    for m in blocked:
+        m.chunk_floats = 700  # e.g. 8 heads x 15 keys: 5 rows a block
+    for m in banded:
+        m.band_floats = 1000  # 1-3 rows a band
+    inputs = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: inputs.append((m, args)))
+             for m in blocked + banded]
+    nchw = switch_to_deploy(copy.deepcopy(model), channels_last=False)
+    for size in [(96, 160), (160, 96), (130, 70)]:
+        x = torch.randn(2, 3, *size)
+        refs = reference(model, x)
+        with torch.no_grad():
+            assert_rel_close(small(x), refs)
+            assert_rel_close(nchw(x), refs)
+    for h in hooks:
+        h.remove()
+    assert len(inputs) == 3 * len(blocked + banded)
+    for m, args in inputs:
+        with torch.no_grad():
+            out = m(*args)
+        with torch.enable_grad():
+            ref = m(*args).detach()
+        assert_rel_close([out], [ref], 1e-5)
 
 
 def test_deploy_folds_and_drops_training_parts():
