@@ -13,7 +13,8 @@ only, the backbone's training modules with the plain modules below:
 * :class:`DeployedMB3D`: ``ls1`` / ``ls2`` folded into ``attn.proj`` / ``mlp.fc2``, the LayerNorm
   affines folded into the linear layer that reads them (``attn.qkv``, ``mlp.fc1``);
 * :class:`DeployedAttention`: the attention bias of each grid size computed once and cached;
-  CPU inference adds the bias inside the GEMM and does the softmax in place;
+  CPU inference adds the bias inside the GEMM and does the softmax in place, a block of query
+  rows at a time (:func:`_attention_rows`: no (heads, N, M) logits allocated per forward);
 * V2: :class:`DeployedV2Block` (``ls1`` / ``ls2`` folded into the attention's output conv and
   ``mlp.fc2``, GELU in place), :class:`DeployedAttention4D` (logit scale folded into the query
   conv, the first talking head folded with the bias into one constant per grid size, talking
@@ -112,34 +113,6 @@ class ChannelsLast(nn.Module):
         return x.contiguous(memory_format=torch.channels_last)
 
 
-BAND_FLOATS = 2**22
-
-
-def _mlp_by_rows(x, hidden, halo, band_floats, mlp):
-    """``x + mlp(x)`` for a channels_last map, one band of rows of one sample at a time.
-
-    The MLP's 1x1 convs (and V2's depthwise 3x3) work on each row band alone, given ``halo``
-    rows of context on each side: ``mlp(rows, r0, r1)`` gets the band with its context and
-    returns the MLP output of its rows ``r0:r1``. A band's ``hidden``-channel maps hold at most
-    ``band_floats`` values, so they are reused from the heap and stay in the cache instead of
-    being written to and read back from memory whole (L1's stage-1 hidden map at 800x1344 is
-    52 MB: a fresh mapping, paid in page faults on every forward). Other memory formats run
-    whole.
-    """
-    b, _, h, w = x.shape
-    if not x.is_contiguous(memory_format=torch.channels_last):
-        return mlp(x, 0, h).add_(x)
-    step = max(1, band_floats // (hidden * w))
-    out = torch.empty_like(x)
-    for i in range(b):
-        for r0 in range(0, h, step):
-            r1 = min(h, r0 + step)
-            lo, hi = max(0, r0 - halo), min(h, r1 + halo)
-            rows = mlp(x[i:i + 1, :, lo:hi], r0 - lo, r1 - lo)
-            torch.add(rows, x[i:i + 1, :, r0:r1], out=out[i:i + 1, :, r0:r1])
-    return out
-
-
 class DeployedMB4D(_InferenceOnly):
     """MB4D with BN and ``ls2`` folded: ``x = lerp(x, pool(x), ls1)``, ``x + fc2(gelu(fc1(x)))``.
 
@@ -148,8 +121,6 @@ class DeployedMB4D(_InferenceOnly):
         fused_mixer (bool): lerp / in-place forward; False gives the plain out-of-place
             ``x + ls1 * (pool(x) - x)`` (a benchmark ablation). Defaults to True.
     """
-
-    band_floats = BAND_FLOATS  # hidden-map floats per band of rows (CPU inference)
 
     def __init__(self, block, fused_mixer=True):
         super().__init__()
@@ -175,10 +146,7 @@ class DeployedMB4D(_InferenceOnly):
             return x + self.fc2(self.act(self.fc1(x)))
         # without autograd, in-place ops reuse buffers (fresh large buffers cost page faults)
         x = self.pool(x).lerp_(x, 1 - gamma)
-        if not _use_inplace_attention(x):
-            return self.fc2(torch.ops.aten.gelu_(self.fc1(x))).add_(x)
-        return _mlp_by_rows(x, self.fc1.out_channels, 0, self.band_floats,
-                            lambda rows, r0, r1: self.fc2(torch.ops.aten.gelu_(self.fc1(rows))))
+        return self.fc2(torch.ops.aten.gelu_(self.fc1(x))).add_(x)
 
 
 def _exact_gelu(act):
@@ -190,10 +158,7 @@ def _exact_gelu(act):
 
 class DeployedV2Block(_InferenceOnly):
     """EfficientFormerV2 FFN / AttnFFN block with BN and layer scales folded into the convs:
-    ``x + attn(x)`` (AttnFFN), then ``x + fc2(gelu(mid(gelu(fc1(x)))))``; on CPU without
-    autograd or tracing the MLP runs a band of rows at a time (:func:`_mlp_by_rows`)."""
-
-    band_floats = BAND_FLOATS  # hidden-map floats per band of rows (CPU inference)
+    ``x + attn(x)`` (AttnFFN), then ``x + fc2(gelu(mid(gelu(fc1(x)))))``."""
 
     def __init__(self, block):
         super().__init__()
@@ -214,15 +179,8 @@ class DeployedV2Block(_InferenceOnly):
             return x + self.fc2(self.act(self.mid(self.act(self.fc1(x)))))
         if self.attn is not None:
             x = self.attn(x).add_(x)
-        if not _use_inplace_attention(x):
-            h = torch.ops.aten.gelu_(self.mid(torch.ops.aten.gelu_(self.fc1(x))))
-            return self.fc2(h).add_(x)
-
-        def mlp(rows, r0, r1):  # rows: the band with a row of halo (the 3x3 conv's) each side
-            h = self.mid(torch.ops.aten.gelu_(self.fc1(rows)))
-            return self.fc2(torch.ops.aten.gelu_(h[:, :, r0:r1]))
-
-        return _mlp_by_rows(x, self.fc1.out_channels, 1, self.band_floats, mlp)
+        h = torch.ops.aten.gelu_(self.mid(torch.ops.aten.gelu_(self.fc1(x))))
+        return self.fc2(h).add_(x)
 
 
 def _use_inplace_attention(x):
