@@ -372,3 +372,24 @@ def test_heap_setting_is_recorded_and_a_table_of_another_is_refused(tmp_path):
 def test_openvino_table(tmp_path):
     table = tiny_table(tmp_path, runtime='openvino', keys=['stem0:16', 'mb3df3:16'])
     assert table.meta['runtime'] == 'openvino' and table.meta['allocator'] == 'openvino arena'
+
+
+def test_paired_study_predicts_from_each_rounds_entries(tmp_path):
+    """--paired: every entry an arch uses is timed again before each round of whole runs, and
+    each round's prediction is the sum of that round's entries (recomputed here from the
+    recorded entry times and the arch's entry counts); the table's own prediction is kept."""
+    from mmef.latency.measure import prediction_study
+    arch = {'widths': [16, 32, 32, 32], 'depths': [1, 2, 1, 2], 'num_attn_blocks': 1}
+    used = arch_entries('v1', SearchSpace.default('v1').arch(arch))
+    table = tiny_table(tmp_path, keys=[e.key for e in used])
+    result = prediction_study(table, {'a': arch}, runs=3,
+                              warmup=1, paired=True, entry_runs=1)
+    assert result['paired'] and result['entry_runs'] == 1
+    assert set(result['entry_ms']) == {e.key for e in used}
+    assert all(len(v) == 3 for v in result['entry_ms'].values())
+    rounds = [sum(result['entry_ms'][e.key][r] * n for e, n in used.items()) for r in range(3)]
+    row, = result['rows']
+    assert row['predicted_ms'] == pytest.approx(statistics.median(rounds))
+    assert row['predicted_min_ms'] == pytest.approx(min(rounds))
+    assert row['table_ms'] == pytest.approx(table.predict(arch))
+    assert row['error'] == pytest.approx(row['predicted_ms'] / row['measured_ms'] - 1)

@@ -111,9 +111,11 @@ def cmd_study(args):
     for arch in space.random_archs(args.random, args.seed):
         archs[arch_label(arch)] = arch
     result = prediction_study(table, archs, args.runs, args.warmup,
-                              progress=lambda s: print(f'  {s}', file=sys.stderr, flush=True))
+                              progress=lambda s: print(f'  {s}', file=sys.stderr, flush=True),
+                              paired=args.paired, entry_runs=args.entry_runs)
     result['seed'] = args.seed
-    print(result['table'])
+    print(result['table'] + (' (paired: entries timed again before each round)'
+                             if args.paired else ''))
     print('| arch | predicted ms | measured ms | error |\n|---|---|---|---|')
     for r in result['rows']:
         print(f"| {r['label']} | {r['predicted_ms']:.1f} | {r['measured_ms']:.1f} | "
@@ -233,6 +235,12 @@ def parse_args(argv=None):
     s.add_argument('--seed', type=int, default=0)
     s.add_argument('--runs', type=int, default=10)
     s.add_argument('--warmup', type=int, default=3)
+    s.add_argument('--paired', action='store_true',
+                   help='time the entries again before each round of whole runs and predict '
+                   'from those: the table\'s model checked without the drift of the machine '
+                   'since the build (the table\'s own predictions are kept as table_ms)')
+    s.add_argument('--entry-runs', type=int, default=3,
+                   help='with --paired: timed runs of each entry per round (median)')
     s.add_argument('--out')
     s.add_argument('--glibc-default', dest='keep_freed_memory', action='store_false',
                    help='measure with glibc\'s default heap (refused for a table built '

@@ -56,9 +56,10 @@ def arch_label(arch):
 
 
 def measure_models(models, input_size, runtime='torch', device='cpu', threads=None, batch=1,
-                   runs=10, warmup=3, progress=None):
+                   runs=10, warmup=3, progress=None, before_round=None):
     """Times each of ``models`` ({label: (family, arch)}) deployed on ``runtime`` at
-    ``input_size``, round-robin; returns {label: [ms per run]}."""
+    ``input_size``, round-robin; returns {label: [ms per run]}. ``before_round(i)``, when
+    given, is called before each round (``i`` from 0, warm-up rounds included)."""
     from ..runtimes import compile_module, timer
     x = torch.randn(batch, 3, *input_size)
     compiled = {}
@@ -74,6 +75,8 @@ def measure_models(models, input_size, runtime='torch', device='cpu', threads=No
     for i in range(warmup + runs):
         if progress:
             progress(f'run {i + 1}/{warmup + runs}')
+        if before_round is not None:
+            before_round(i)
         for label, c in compiled.items():
             time.sleep(pause)  # the previous model's threads stop spinning
             seconds, out = clock(c.run, inputs[label])
@@ -104,24 +107,60 @@ def spearman(a, b):
     return cov / var if var else float('nan')
 
 
-def prediction_study(table, archs, runs=10, warmup=3, progress=None):
+def prediction_study(table, archs, runs=10, warmup=3, progress=None, paired=False,
+                     entry_runs=3):
     """Predicted against measured latency of each of ``archs`` ({label: arch}) on the table's
     family, input size, batch, runtime, device and threads. Returns a dict with one row per
     arch (predicted ms, measured median ms, relative error) and the summary: median and worst
-    absolute relative error and the Spearman rank correlation."""
+    absolute relative error and the Spearman rank correlation.
+
+    By default the predictions are the table's, as built, against whole backbones measured
+    now. With ``paired``, the check is made against the machine of the moment: before each
+    round of whole-backbone runs, every entry the archs use is timed again (in its context,
+    median of ``entry_runs`` runs after one warm-up run; ``entry_ms`` holds them, {key: [ms per
+    round]}), each round's prediction is the sum of that round's entries, and ``predicted_ms``
+    is the median of the rounds' predictions (``table_ms``: the table's own). This separates
+    the table's model of a network (the sum of its parts in context) from the drift of a
+    shared machine between the build and the check (docs/latency.md).
+    """
     if not archs:
         raise ValueError('prediction_study needs at least one arch')
     m = table.meta
     from ..runtimes import runtime_info
     here = runtime_info(m['runtime'], m['device'], m['threads'])
     table.check(allocator=here['allocator'])
-    predicted = {label: table.predict(arch) for label, arch in archs.items()}
+    used = {label: table.used(arch) for label, arch in archs.items()}
+    table_ms = {label: table.predict(arch) for label, arch in archs.items()}
     # the same from the entries' fastest runs, against the fastest whole run: load from other
     # processes only adds time, so the minima are the least disturbed estimates
     predicted_min = {label: table.predict(arch, stat='min') for label, arch in archs.items()}
+    before_round, entry_ms = None, {}
+    if paired:
+        from .table import EntryTimer
+        keys = sorted({e for u in used.values() for e in u})
+        contexts, timers = {}, {}
+        for i, e in enumerate(keys):
+            if progress:
+                progress(f'compiling entry {i + 1}/{len(keys)} {e.key}')
+            timers[e.key] = EntryTimer(table.family, e, m['input_size'], m['runtime'],
+                                       m['device'], m['threads'], m['batch'], contexts)
+        entry_ms = {key: [] for key in timers}
+
+        def before_round(i):
+            for key, t in timers.items():
+                ms = statistics.median(t.time(entry_runs, warmup=1))
+                if i >= warmup:
+                    entry_ms[key].append(ms)
     times = measure_models({label: (table.family, arch) for label, arch in archs.items()},
                            m['input_size'], m['runtime'], m['device'], m['threads'], m['batch'],
-                           runs, warmup, progress)
+                           runs, warmup, progress, before_round)
+    if paired:
+        rounds = {label: [sum(entry_ms[e.key][r] * n for e, n in u.items())
+                          for r in range(runs)] for label, u in used.items()}
+        predicted = {label: statistics.median(v) for label, v in rounds.items()}
+        predicted_min = {label: min(v) for label, v in rounds.items()}
+    else:
+        predicted = table_ms
     rows = []
     for label, arch in archs.items():
         ts = times[label]
@@ -131,7 +170,7 @@ def prediction_study(table, archs, runs=10, warmup=3, progress=None):
         rows.append(dict(label=label, arch=table.arch(arch) if isinstance(arch, str) else arch,
                          predicted_ms=predicted[label], measured_ms=measured,
                          measured_q1_q3=q1_q3, measured_min=min(ts),
-                         predicted_min_ms=predicted_min[label],
+                         predicted_min_ms=predicted_min[label], table_ms=table_ms[label],
                          error=predicted[label] / measured - 1))
     errors = [abs(r['error']) for r in rows]
     min_errors = [abs(r['predicted_min_ms'] / r['measured_min'] - 1) for r in rows]
@@ -143,6 +182,10 @@ def prediction_study(table, archs, runs=10, warmup=3, progress=None):
                                worst_abs_error=max(min_errors),
                                spearman=spearman([r['predicted_min_ms'] for r in rows],
                                                  [r['measured_min'] for r in rows])))
-    return dict(table=table.describe(), meta={k: m[k] for k in (
+    result = dict(table=table.describe(), meta={k: m[k] for k in (
         'family', 'input_size', 'batch', 'runtime', 'runtime_version', 'device', 'threads',
-        'dtype', 'cpu', 'allocator')}, runs=runs, warmup=warmup, rows=rows, summary=summary)
+        'dtype', 'cpu', 'allocator')}, runs=runs, warmup=warmup, paired=paired, rows=rows,
+        summary=summary)
+    if paired:
+        result.update(entry_runs=entry_runs, entry_ms=entry_ms)
+    return result

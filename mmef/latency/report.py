@@ -138,20 +138,24 @@ def study_section(studies, out_dir, plt):
     if not studies:
         return lines, written
     lines.append('\n### Predicted against measured whole deployed backbones\n')
-    lines.append('| family | input | runtime | threads | archs | median abs error | worst abs '
-                 'error | Spearman |')
-    lines.append('|---|---|---|---|---|---|---|---|')
+    lines.append('| family | input | runtime | threads | predictions | archs | median abs error '
+                 '| worst abs error | Spearman |')
+    lines.append('|---|---|---|---|---|---|---|---|---|')
     fig, ax = plt.subplots(figsize=(5, 5))
     lo, hi = float('inf'), 0
     for path, s in studies:
         m, summ = s['meta'], s['summary']
+        how = 'paired (entries re-timed each round)' if s.get('paired') else 'the table as built'
         lines.append(f"| {m['family']} | {_size(m)} | {m['runtime']} {m['runtime_version']} | "
-                     f"{m['threads']} | {summ['n']} | {100 * summ['median_abs_error']:.1f} % | "
+                     f"{m['threads']} | {how} | {summ['n']} | "
+                     f"{100 * summ['median_abs_error']:.1f} % | "
                      f"{100 * summ['worst_abs_error']:.1f} % | {summ['spearman']:.3f} |")
         xs = [r['measured_ms'] for r in s['rows']]
         ys = [r['predicted_ms'] for r in s['rows']]
         lo, hi = min(lo, *xs, *ys), max(hi, *xs, *ys)
-        ax.scatter(xs, ys, s=12, label=f"{m['family']} {_size(m)} {m['runtime']}")
+        ax.scatter(xs, ys, s=12, marker='o' if s.get('paired') else 'x',
+                   label=f"{m['family']} {_size(m)} {m['runtime']}"
+                   f"{' paired' if s.get('paired') else ''}")
     ax.plot([lo, hi], [lo, hi], 'k-', lw=0.8)
     ax.plot([lo, hi], [lo * 1.1, hi * 1.1], 'k:', lw=0.6)
     ax.plot([lo, hi], [lo * 0.9, hi * 0.9], 'k:', lw=0.6)

@@ -189,41 +189,56 @@ class _Progress:
             self.stream.write('\n')
 
 
-def time_entry(family, entry, input_size, runtime, device, threads, batch, runs, warmup,
-               contexts=None):
-    """Times ``entry`` (deployed, on ``runtime``) right after its context entry; returns the
-    milliseconds of the ``runs`` timed runs. The timer holds the entry's forward and the release
-    of its input, as inside a network (the next part frees what the previous one made).
-    ``contexts`` caches the compiled context modules between calls (a dict)."""
-    from ..runtimes import compile_module, timer
-    module, example = build_entry(family, entry, input_size, batch)
-    target = compile_module(module, example, runtime, device, threads, name=entry.key)
-    chain = []  # the context: compiled entries run in order, the first on its own example
-    contexts = {} if contexts is None else contexts
-    for ctx_entry in context_of(family, entry):
-        if ctx_entry.key not in contexts:
-            ctx_module, ctx_example = build_entry(family, ctx_entry, input_size, batch, seed=1)
-            compiled = compile_module(ctx_module, ctx_example, runtime, device, threads,
-                                      name=ctx_entry.key, spin=False)
-            contexts[ctx_entry.key] = (compiled, compiled.native(ctx_example))
-        chain.append(contexts[ctx_entry.key])
+class EntryTimer:
+    """``entry`` deployed and compiled for a runtime, with its context: :meth:`time` runs the
+    context and then the timed entry, as many times as asked. The timer holds the entry's
+    forward and the release of its input, as inside a network (the next part frees what the
+    previous one made). ``contexts`` caches the compiled context modules between timers (a
+    dict)."""
 
-    def run_context():
-        x = chain[0][1]
-        for compiled, _ in chain:
+    def __init__(self, family, entry, input_size, runtime, device, threads, batch,
+                 contexts=None):
+        from ..runtimes import compile_module, timer
+        module, example = build_entry(family, entry, input_size, batch)
+        self.target = compile_module(module, example, runtime, device, threads, name=entry.key)
+        self.chain = []  # the context: compiled entries run in order, the first on its example
+        contexts = {} if contexts is None else contexts
+        for ctx_entry in context_of(family, entry):
+            if ctx_entry.key not in contexts:
+                ctx_module, ctx_example = build_entry(family, ctx_entry, input_size, batch, seed=1)
+                compiled = compile_module(ctx_module, ctx_example, runtime, device, threads,
+                                          name=ctx_entry.key, spin=False)
+                contexts[ctx_entry.key] = (compiled, compiled.native(ctx_example))
+            self.chain.append(contexts[ctx_entry.key])
+        self.fixed = None if self.chain else self.target.native(example)
+        self.clock = timer(device)
+
+    def _input(self):
+        if not self.chain:
+            return self.fixed
+        x = self.chain[0][1]
+        for compiled, _ in self.chain:
             x = compiled.run(x)
         return x
 
-    fixed = target.native(example)
-    clock = timer(device)
-    times = []
-    for i in range(warmup + runs):
-        box = [run_context() if chain else fixed]
-        seconds, out = clock(lambda: target.run(box.pop()))
-        del out
-        if i >= warmup:
-            times.append(seconds * 1e3)
-    return times
+    def time(self, runs, warmup=0):
+        """Milliseconds of ``runs`` timed runs after ``warmup`` untimed ones."""
+        times = []
+        for i in range(warmup + runs):
+            box = [self._input()]
+            seconds, out = self.clock(lambda: self.target.run(box.pop()))
+            del out
+            if i >= warmup:
+                times.append(seconds * 1e3)
+        return times
+
+
+def time_entry(family, entry, input_size, runtime, device, threads, batch, runs, warmup,
+               contexts=None):
+    """Times ``entry`` (deployed, on ``runtime``) right after its context entry
+    (:class:`EntryTimer`); returns the milliseconds of the ``runs`` timed runs."""
+    return EntryTimer(family, entry, input_size, runtime, device, threads, batch,
+                      contexts).time(runs, warmup)
 
 
 def build_table(family, input_size, out, runtime='torch', device='cpu', threads=None, batch=1,
