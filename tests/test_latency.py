@@ -393,3 +393,37 @@ def test_paired_study_predicts_from_each_rounds_entries(tmp_path):
     assert row['predicted_min_ms'] == pytest.approx(min(rounds))
     assert row['table_ms'] == pytest.approx(table.predict(arch))
     assert row['error'] == pytest.approx(row['predicted_ms'] / row['measured_ms'] - 1)
+
+
+def test_count_work_and_floor(capsys):
+    """The floor's counts, against flops worked out by hand for a small module, and the
+    `floor` subcommand on a real deployed backbone."""
+    import torch.nn as nn
+    from mmef.latency.measure import arithmetic_floor, count_work
+
+    class Small(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = self.dw(nn.functional.gelu(self.conv(x)))  # (2, 8, 5, 6)
+            t = x.flatten(2).transpose(1, 2)  # (2, 30, 8)
+            a = torch.softmax(t @ t.transpose(1, 2), -1)  # (2, 30, 30)
+            return self.fc(torch.bmm(a, t))
+
+    counts = count_work(Small().eval(), torch.randn(2, 3, 5, 6))
+    pixels = 2 * 5 * 6
+    assert counts['conv'] == 2 * pixels * 8 * 3 * 9
+    assert counts['depthwise'] == 2 * pixels * 8 * 9
+    assert counts['gelu'] == pixels * 8
+    assert counts['softmax'] == 2 * 30 * 30
+    assert counts['gemm'] == 2 * (2 * 30 * 30 * 8) * 2 + 2 * (2 * 30 * 4 * 8)
+    total, parts = arithmetic_floor(counts, dict(gemm=1e9, gelu=1e8, softmax=1e8))
+    assert parts['gemm_conv'] == pytest.approx((counts['gemm'] + counts['conv']) / 1e9)
+    assert total == pytest.approx(sum(parts.values()))
+    tool.main(['floor', '--models', 'l1', 'v2s0', '--size', '64', '96', '--threads', '1'])
+    out = capsys.readouterr().out
+    assert '| l1 | 64x96 |' in out and '| v2s0 | 64x96 |' in out and 'GFLOP/s' in out

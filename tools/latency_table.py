@@ -9,6 +9,8 @@ Subcommands:
   study     predicted against measured whole deployed backbones: the released variants and
             seeded random archs of the search space; writes the rows and the summary (JSON)
   sweep     measured whole deployed backbones at several input sizes (V1, V2, mmdet ResNet-50)
+  floor     a lower bound of a deployed backbone's time here: its GEMM / conv flops, GELU and
+            softmax elements at this host's best measured rates (nothing else counted)
   report    figures (PNG) and markdown tables from tables, studies and sweeps
 
 Examples:
@@ -156,6 +158,30 @@ def cmd_sweep(args):
                                runs=args.runs, warmup=args.warmup, rows=rows))
 
 
+def cmd_floor(args):
+    import torch
+
+    from mmef.latency.measure import arithmetic_floor, count_work, deployed_backbone, host_rates
+    from mmef.runtimes import cpu_info
+    torch.set_num_threads(args.threads)
+    rates = host_rates()
+    print(f"{cpu_info()['model']}, torch {torch.__version__}, {args.threads} threads: sgemm "
+          f"{rates['gemm'] / 1e9:.0f} GFLOP/s, GELU {rates['gelu'] / 1e9:.2f} G/s, softmax "
+          f"{rates['softmax'] / 1e9:.2f} G/s (fastest of 9 runs)")
+    print('| model | input | GEMM / conv GFLOP | depthwise GFLOP | GELU M | softmax M | floor ms '
+          '(GEMM / conv + GELU + softmax) |\n|---|---|---|---|---|---|---|')
+    x = torch.randn(1, 3, *args.size)
+    for name in args.models:
+        family = 'v2' if name.startswith('v2') else 'v1'
+        model = deployed_backbone(family, name[2:] if family == 'v2' else name)
+        c = count_work(model, x)
+        total, parts = arithmetic_floor(c, rates)
+        print(f"| {name} | {args.size[0]}x{args.size[1]} | {(c['gemm'] + c['conv']) / 1e9:.1f} | "
+              f"{c['depthwise'] / 1e9:.2f} | {c['gelu'] / 1e6:.0f} | {c['softmax'] / 1e6:.0f} | "
+              f"{1e3 * total:.0f} ({1e3 * parts['gemm_conv']:.0f} + {1e3 * parts['gelu']:.0f} + "
+              f"{1e3 * parts['softmax']:.0f}) |")
+
+
 def cmd_report(args):
     from mmef.latency.report import write_report
     written = write_report(args.inputs, args.out_dir)
@@ -261,6 +287,13 @@ def parse_args(argv=None):
     w.add_argument('--out', required=True)
     w.add_argument('--glibc-default', dest='keep_freed_memory', action='store_false')
     w.set_defaults(func=cmd_sweep)
+
+    f = sub.add_parser('floor', help='a lower bound of deployed backbones\' time here')
+    f.add_argument('--models', nargs='+', default=['l1', 'v2s2'],
+                   help='l1 l3 l7 v2s0 v2s1 v2s2 v2l')
+    f.add_argument('--size', nargs=2, type=int, default=[800, 1344], metavar=('H', 'W'))
+    f.add_argument('--threads', type=int, default=2)
+    f.set_defaults(func=cmd_floor)
 
     r = sub.add_parser('report', help='figures and tables for docs/latency.md')
     r.add_argument('inputs', nargs='+', help='tables, study and sweep files')

@@ -189,3 +189,70 @@ def prediction_study(table, archs, runs=10, warmup=3, progress=None, paired=Fals
     if paired:
         result.update(entry_runs=entry_runs, entry_ms=entry_ms)
     return result
+
+
+def count_work(module, x):
+    """The arithmetic of one inference forward of ``module`` on ``x``, counted at the ATen
+    operators it calls: ``gemm`` flops (mm / addmm / bmm / baddbmm / matmul / linear),
+    ``conv`` flops of dense convolutions, ``depthwise`` flops (grouped convolutions), and the
+    ``gelu`` and ``softmax`` elements (2 flops a multiply-add)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts = dict(gemm=0, conv=0, depthwise=0, gelu=0, softmax=0)
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = func.overloadpacket.__name__
+            if name in ('mm', 'addmm', 'bmm', 'baddbmm', 'matmul'):
+                a = args[1] if name in ('addmm', 'baddbmm') else args[0]
+                counts['gemm'] += 2 * out.numel() * a.shape[-1]
+            elif name == 'linear':
+                counts['gemm'] += 2 * out.numel() * args[1].shape[1]
+            elif name in ('conv2d', 'convolution'):
+                w = args[1]
+                groups = args[8] if name == 'convolution' else (args[6] if len(args) > 6 else 1)
+                kind = 'conv' if groups == 1 else 'depthwise'
+                counts[kind] += 2 * out.numel() * w[0].numel()
+            elif name in ('gelu', 'gelu_'):
+                counts['gelu'] += args[0].numel()
+            elif name in ('_softmax', 'softmax'):
+                counts['softmax'] += args[0].numel()
+            return out
+
+    with torch.inference_mode(), Count():
+        module(x)
+    return counts
+
+
+def host_rates(threads=None, repeats=9):
+    """This host's best rates (the fastest of ``repeats`` runs): ``gemm`` flop/s of a 2048^3
+    sgemm, ``gelu`` and ``softmax`` elements per second (16M elements; (8, 500, 1050) rows)."""
+    def fastest(fn):
+        fn()
+        best = float('inf')
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    if threads:
+        torch.set_num_threads(threads)
+    with torch.inference_mode():
+        a, b, c = torch.randn(2048, 2048), torch.randn(2048, 2048), torch.empty(2048, 2048)
+        g, h = torch.randn(2**24), torch.empty(2**24)
+        s = torch.randn(8, 500, 1050)
+        return dict(gemm=2 * 2048**3 / fastest(lambda: torch.mm(a, b, out=c)),
+                    gelu=g.numel() / fastest(lambda: torch._C._nn.gelu(g, out=h)),
+                    softmax=s.numel() / fastest(lambda: torch.softmax(s, -1, out=s)))
+
+
+def arithmetic_floor(counts, rates):
+    """A lower bound of a forward's time in seconds: its GEMM and dense-conv flops at the
+    sgemm rate, its GELU and softmax elements at theirs; everything else (depthwise convs,
+    pooling, adds, norms, copies, memory traffic) counts nothing. Returns the total and the
+    parts."""
+    parts = dict(gemm_conv=(counts['gemm'] + counts['conv']) / rates['gemm'],
+                 gelu=counts['gelu'] / rates['gelu'], softmax=counts['softmax'] / rates['softmax'])
+    return sum(parts.values()), parts
