@@ -199,9 +199,10 @@ def _attention_rows(q, k, v, probabilities, chunk_floats=CHUNK_FLOATS):
     ``probabilities(q_rows, k_t, r0, a, s)`` returns the (heads, rows, M) attention weights of
     the query rows ``r0:r0 + rows`` (``q_rows``: (heads, rows, d), ``k_t``: (heads, d, M)),
     computed in the two work buffers ``a`` and ``s`` of that shape. Blocks hold at most
-    ``chunk_floats`` logits, so the buffers are reused from the heap, stay in the cache and no
-    (heads, N, M) matrix is ever allocated (one is 35 MB for 1050 tokens: a fresh mapping, paid
-    in page faults on every forward). Returns (B, N, heads, dv): the tokens' outputs side by
+    ``chunk_floats`` logits, so the two buffers (16 MB each by default) are reused from the heap
+    and no (heads, N, M) matrix is ever allocated (one is 35 MB for 1050 tokens: above glibc's
+    mmap threshold, a fresh mapping paid in page faults on every forward). Larger blocks were
+    faster than smaller ones here (docs/latency.md): small ones re-read k and v per block. Returns (B, N, heads, dv): the tokens' outputs side by
     side, i.e. the NHWC memory of the (B, heads * dv, h, w) map.
     """
     b, heads, n, _ = q.shape
@@ -333,17 +334,18 @@ class DeployedAttention(_InferenceOnly):
     """An eval-mode :class:`~mmef.models.attention.Attention` with a faster CPU inference path.
 
     The bias of each grid size is computed once and cached by the wrapped attention. On CPU
-    without autograd, tracing or export, ``softmax(q k^T * scale + bias) v`` runs per sample with
-    the bias added by the GEMM and the softmax in place: one (heads, N, N) buffer. CPU
+    without autograd, tracing or export, ``softmax(q k^T * scale + bias) v`` runs a block of
+    query rows at a time (:func:`_attention_rows`), the bias added by the GEMM and the softmax
+    in place. CPU
     ``scaled_dot_product_attention`` takes its slower unfused path when the value width (128)
     differs from the key width (32) (docs/benchmark.md). Elsewhere the wrapped module runs.
     """
 
+    chunk_floats = CHUNK_FLOATS  # logits per block of query rows (CPU inference)
+
     def __init__(self, attn):
         super().__init__()
         self.attn = attn.eval()
-
-    chunk_floats = CHUNK_FLOATS  # logits per block of query rows (CPU inference)
 
     def attn_bias(self, hw):
         return self.attn.attn_bias(hw)
