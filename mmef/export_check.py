@@ -116,3 +116,52 @@ def build_backend_runner(cfg, deploy_cfg, backend_files, device='cpu'):
     model = task.build_backend_model(list(backend_files), task.update_data_preprocessor)
     return task.build_test_runner(model, cfg.work_dir)
 
+
+
+# --- Reduced precision: judged by the task's metric, not detection by detection ------------------
+# A bf16 or INT8 model moves boxes and scores a little everywhere, so twins at IoU 0.99 are the
+# wrong test; the metric on validation images is the right one. Figures in points (AP x 100,
+# mIoU as mmseg reports it, in %); a reduced-precision model passes within these many points of
+# fp32 in every metric of its task.
+TASK_METRICS = {'mmdet': ('coco/bbox_mAP', 'coco/segm_mAP'), 'mmseg': ('mIoU',)}
+PRECISION_TOLERANCE = {'f32': 0.1, 'bf16': 0.5, 'int8': 1.0}
+
+
+def metric_points(scope, metrics):
+    """The task's metrics (:data:`TASK_METRICS`) of a test run, in points."""
+    scale = 100.0 if scope == 'mmdet' else 1.0
+    missing = [key for key in TASK_METRICS[scope] if key not in metrics]
+    if missing:
+        raise KeyError(f'the test run gave no {missing} (it gave {sorted(metrics)}); the '
+                       'config\'s test_evaluator must compute them')
+    return {key: float(metrics[key]) * scale for key in TASK_METRICS[scope]}
+
+
+def evaluate(cfg, work_dir, num_images=None, checkpoint=None, deploy_cfg=None,
+             backend_files=None):
+    """The task's metrics in points on the first ``num_images`` images (all when None) of the
+    config's test dataloader: of ``checkpoint`` (mmdet's / mmseg's PyTorch model) or of the
+    exported ``backend_files`` through mmdeploy's backend model (``deploy_cfg``). ``cfg`` is
+    not modified. Import mmef.mmdeploy_compat first for exported files."""
+    from .engine import build_runner, check_dataset
+    cfg = cfg.copy()
+    cfg.work_dir = work_dir
+    if num_images:
+        cfg.test_dataloader.dataset.indices = int(num_images)
+    if backend_files:
+        runner = build_backend_runner(cfg, deploy_cfg, backend_files)
+    else:
+        cfg.load_from = checkpoint
+        runner = build_runner(cfg)
+    check_dataset(runner, 'test')
+    return metric_points(cfg.default_scope, runner.test())
+
+
+def compare_metrics(reference, got, precision):
+    """Figures of ``got`` against ``reference`` (both from :func:`evaluate`): per metric the
+    two values and the drop, passing when no drop exceeds :data:`PRECISION_TOLERANCE`."""
+    tolerance = PRECISION_TOLERANCE[precision]
+    rows = {key: dict(reference=reference[key], got=got[key], drop=reference[key] - got[key])
+            for key in reference}
+    return dict(rows=rows, tolerance=tolerance,
+                passed=all(row['drop'] <= tolerance for row in rows.values()))

@@ -33,6 +33,7 @@ dynamic exports are right at other sizes (see :mod:`mmef.models.attention`).
 """
 import contextlib
 import logging
+import os.path as osp
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +41,22 @@ from mmdet.structures.bbox import get_box_tensor
 from mmdeploy.core import FUNCTION_REWRITER, SYMBOLIC_REWRITER
 
 ONNX_INT64 = 7  # TensorProto.INT64
+# The backends that run mmdeploy's ONNX graph: ONNX Runtime reads the file, OpenVINO converts
+# it (see the OpenVINO section below); both get the same rewriters, so they run one graph.
+BACKENDS = ('onnxruntime', 'openvino')
 
 
-@FUNCTION_REWRITER.register_rewriter('torch.onnx.export', backend='onnxruntime')
+def _rewriter(func_name):
+    """Registers the decorated function as mmdeploy's rewriter of ``func_name`` for every
+    backend of :data:`BACKENDS`."""
+    def register(fn):
+        for backend in BACKENDS:
+            FUNCTION_REWRITER.register_rewriter(func_name, backend=backend)(fn)
+        return fn
+    return register
+
+
+@_rewriter('torch.onnx.export')
 def onnx_export__torchscript(*args, **kwargs):
     """mmdeploy's export with the TorchScript exporter, whose graph its rewriters produce."""
     ctx = FUNCTION_REWRITER.get_context()
@@ -50,8 +64,7 @@ def onnx_export__torchscript(*args, **kwargs):
     return ctx.origin_func(*args, **kwargs)
 
 
-@SYMBOLIC_REWRITER.register_symbolic('mmcv.ops.roi_align.__self__', backend='onnxruntime')
-def roi_align__onnxruntime(g, input, rois, output_size, spatial_scale, sampling_ratio,
+def roi_align__onnx(g, input, rois, output_size, spatial_scale, sampling_ratio,
                            pool_mode, aligned):
     """mmcv RoIAlign as ONNX ``RoiAlign`` (rois: (K, 5) of batch index and x1 y1 x2 y2)."""
     from torch.onnx.symbolic_opset11 import add, select
@@ -78,8 +91,12 @@ def roi_align__onnxruntime(g, input, rois, output_size, spatial_scale, sampling_
                 'output_half_pixel')
 
 
-@FUNCTION_REWRITER.register_rewriter('mmseg.models.utils.Upsample.forward',
-                                     backend='onnxruntime')
+for _backend in BACKENDS:
+    SYMBOLIC_REWRITER.register_symbolic('mmcv.ops.roi_align.__self__',
+                                        backend=_backend)(roi_align__onnx)
+
+
+@_rewriter('mmseg.models.utils.Upsample.forward')
 def upsample__dynamic(self, x):
     """mmseg's Upsample with the scale factor handed to the resize (traced sizes stay symbolic)."""
     if self.size:
@@ -203,8 +220,7 @@ def _offset_nms(boxes, scores, valid, groups, iou_threshold, max_per_img, score_
     return index[order], ranked.index_select(1, kept) > _NO_SCORE
 
 
-@FUNCTION_REWRITER.register_rewriter(
-    'mmdet.models.detectors.two_stage.TwoStageDetector.forward', backend='onnxruntime')
+@_rewriter('mmdet.models.detectors.two_stage.TwoStageDetector.forward')
 def two_stage_detector__forward(self, batch_inputs, data_samples=None, mode='tensor',
                                 **kwargs):
     """mmdeploy's two-stage forward on the unpadded image: padded here as the data
@@ -226,8 +242,7 @@ def two_stage_detector__forward(self, batch_inputs, data_samples=None, mode='ten
     return self.roi_head.predict(x, rpn_results_list, data_samples, rescale=False)
 
 
-@FUNCTION_REWRITER.register_rewriter(
-    'mmdet.models.dense_heads.rpn_head.RPNHead.predict_by_feat', backend='onnxruntime')
+@_rewriter('mmdet.models.dense_heads.rpn_head.RPNHead.predict_by_feat')
 def rpn_head__predict_by_feat(self, cls_scores, bbox_preds, score_factors=None,
                               batch_img_metas=None, cfg=None, rescale=False, with_nms=True,
                               **kwargs):
@@ -302,9 +317,7 @@ def _detections(bbox_head, rois, cls_scores, bbox_preds, img_shape, cfg, roi_val
                                                 torch.zeros_like(index))
 
 
-@FUNCTION_REWRITER.register_rewriter(
-    'mmdet.models.roi_heads.bbox_heads.bbox_head.BBoxHead.predict_by_feat',
-    backend='onnxruntime')
+@_rewriter('mmdet.models.roi_heads.bbox_heads.bbox_head.BBoxHead.predict_by_feat')
 def bbox_head__predict_by_feat(self, rois, cls_scores, bbox_preds, batch_img_metas,
                                rcnn_test_cfg=None, rescale=False):
     """mmdet's box-head post-processing on (B, N, ...) tensors (see ``_detections``)."""
@@ -315,9 +328,7 @@ def bbox_head__predict_by_feat(self, rois, cls_scores, bbox_preds, batch_img_met
                        rcnn_test_cfg)
 
 
-@FUNCTION_REWRITER.register_rewriter(
-    'mmdet.models.roi_heads.standard_roi_head.StandardRoIHead.predict_bbox',
-    backend='onnxruntime')
+@_rewriter('mmdet.models.roi_heads.standard_roi_head.StandardRoIHead.predict_bbox')
 def standard_roi_head__predict_bbox(self, x, batch_img_metas, rpn_results_list,
                                     rcnn_test_cfg, rescale=False):
     """The box head on the RPN's proposals (B, K, 5); rows that are no proposal (score < 0)
@@ -372,6 +383,176 @@ def _register_detector():
 
 
 UnpaddedEnd2EndModel = _register_detector()
+
+
+# --- OpenVINO --------------------------------------------------------------------------------
+#
+# mmdeploy 1.3.1's OpenVINO backend does not run with current OpenVINO: it converts ONNX with the
+# Model Optimizer command ``mo`` and runs the IR through ``openvino.inference_engine.IECore``,
+# both removed from OpenVINO (2023-2025); it offers no INT8. And its OpenVINO rewrite of
+# mmdet's ``SingleRoIExtractor`` swaps RoIAlign for OpenVINO's
+# ``ExperimentalDetectronROIFeatureExtractor``, a graph of its own. Replaced here, through
+# mmdeploy's backend-manager and wrapper registries:
+#
+# * conversion with ``openvino.convert_model`` / ``save_model`` (f32 weights) from the ONNX file
+#   mmdeploy wrote with the rewriters above (the same graph ONNX Runtime runs: mmdeploy's
+#   OpenVINO-only RoI extractor rewrite is unregistered);
+# * ``backend_config.precision`` of the deploy config: 'f32' (set explicitly: OpenVINO runs bf16
+#   by default on CPUs with bf16 kernels), 'bf16' (refused where the CPU has none), 'int8':
+#   NNCF post-training quantization (mmef.runtimes.quantize_openvino) of convolutions and
+#   matrix products, calibrated on the inputs in WORK_DIR/``calib_config.calib_file``
+#   (written by :func:`write_calibration`; tools/deploy.py --calib), ``keep_float`` patterns of
+#   node names left in float;
+# * a wrapper on ``openvino.Core`` with dynamic shapes (no reshape and recompilation per size).
+
+_OPENVINO_ROI_EXTRACTOR = ('mmdet.models.roi_heads.roi_extractors.single_level_roi_extractor.'
+                           'SingleRoIExtractor.forward')
+
+
+def _unregister_openvino_roi_extractor():
+    from mmdeploy.core.rewriters.rewriter_utils import BackendChecker
+    from mmdeploy.utils import Backend
+    records = FUNCTION_REWRITER._registry._rewrite_records
+    records[_OPENVINO_ROI_EXTRACTOR] = [
+        record for record in records.get(_OPENVINO_ROI_EXTRACTOR, [])
+        if not any(isinstance(checker, BackendChecker)
+                   and checker.required_backend == Backend.OPENVINO
+                   for checker in record['_checkers'])]
+
+
+_unregister_openvino_roi_extractor()
+
+
+def openvino_precision(deploy_cfg):
+    """``backend_config.precision`` of an OpenVINO deploy config ('f32' when absent)."""
+    return deploy_cfg['backend_config'].get('precision', 'f32')
+
+
+def calibration_path(deploy_cfg, work_dir):
+    """Where an INT8 deploy config's calibration inputs live: WORK_DIR/``calib_file``."""
+    calib = deploy_cfg.get('calib_config') or {}
+    return osp.join(work_dir, calib.get('calib_file', 'calib_data.npz'))
+
+
+def calibration_inputs(model_cfg, deploy_cfg, num_images, device='cpu'):
+    """``num_images`` inputs of the exported graph from the model config's training images
+    (evenly spaced over the training set, through the test pipeline and the data preprocessor,
+    as mmdeploy's backend model feeds the graph: detection inputs unpadded, see
+    ``mmef_end2end``), as float32 arrays (1, 3, H, W). The validation images stay unseen."""
+    import numpy as np
+    from mmdeploy.apis.utils import build_task_processor
+    if num_images < 1:
+        raise ValueError(f'INT8 calibration needs at least one image, got {num_images}')
+    task = build_task_processor(model_cfg, deploy_cfg, device)
+    dataset = task.build_dataset(model_cfg.train_dataloader.dataset)
+    if len(dataset) == 0:
+        raise ValueError('INT8 calibration: the model config\'s training set is empty '
+                         f'({model_cfg.train_dataloader.dataset.get("data_root", "")})')
+    picks = np.unique(np.linspace(0, len(dataset) - 1, min(num_images, len(dataset))).round())
+    inputs = []
+    for index in picks.astype(int):
+        data, x = task.create_input(dataset.get_data_info(int(index))['img_path'])
+        if model_cfg.get('default_scope') == 'mmdet':
+            height, width = data['data_samples'][0].img_shape[:2]
+            x = x[..., :height, :width]
+        inputs.append(x.detach().float().cpu().contiguous().numpy())
+    return inputs
+
+
+def write_calibration(path, inputs):
+    """Writes calibration inputs (arrays of any shapes) to ``path`` (.npz), atomically."""
+    import numpy as np
+    from .fileio import atomic_write
+    atomic_write(lambda f: np.savez(f, *inputs), path)
+    return path
+
+
+def read_calibration(path):
+    """The arrays :func:`write_calibration` wrote, in order."""
+    import numpy as np
+    if not osp.isfile(path):
+        raise FileNotFoundError(
+            f'OpenVINO INT8 needs calibration inputs and {path} does not exist: export with '
+            'tools/deploy.py (it writes them from the model config\'s training images; '
+            '--calib N chooses how many), or write them with '
+            'mmef.mmdeploy_compat.write_calibration')
+    with np.load(path) as data:
+        return [data[f'arr_{i}'] for i in range(len(data.files))]
+
+
+def _register_openvino():
+    from mmdeploy.backend.base import BACKEND_MANAGERS, BACKEND_WRAPPER, BaseWrapper
+    from mmdeploy.backend.openvino.backend_manager import OpenVINOManager as StockManager
+    from mmdeploy.utils import get_ir_config
+
+    from . import runtimes
+
+    @BACKEND_WRAPPER.register_module('openvino', force=True)
+    class OpenVINOWrapper(BaseWrapper):
+        """An OpenVINO IR compiled for the CPU at ``precision`` (mmef.runtimes
+        .compile_openvino), any input shape the model allows."""
+
+        def __init__(self, ir_model_file, output_names=None, precision='f32', threads=None):
+            self.compiled = runtimes.compile_openvino(ir_model_file, precision, threads)
+            self.precision = precision
+            names = [out.get_any_name() for out in self.compiled.outputs]
+            super().__init__(list(output_names) if output_names else names)
+            self.request = self.compiled.create_infer_request()
+
+        def forward(self, inputs):
+            feed = {name: value.detach().float().cpu().contiguous().numpy()
+                    for name, value in inputs.items()}
+            result = self.request.infer(feed)
+            return {name: torch.from_numpy(result[self.compiled.output(name)].copy())
+                    for name in self.output_names}
+
+    @BACKEND_MANAGERS.register('openvino')
+    class OpenVINOManager(StockManager):
+        """mmdeploy's OpenVINO backend on current OpenVINO (see the section's comment)."""
+
+        @classmethod
+        def build_wrapper(cls, backend_files, device='cpu', input_names=None,
+                          output_names=None, deploy_cfg=None, **kwargs):
+            if device != 'cpu':
+                raise ValueError(f"mmef's OpenVINO backend runs on the CPU, got {device!r}")
+            precision = 'f32' if deploy_cfg is None else openvino_precision(deploy_cfg)
+            # an INT8 IR holds its quantization; what is left in float runs f32
+            return OpenVINOWrapper(backend_files[0], output_names,
+                                   'f32' if precision == 'int8' else precision)
+
+        @classmethod
+        def get_version(cls):
+            return runtimes.import_openvino().__version__
+
+        @classmethod
+        def to_backend(cls, ir_files, work_dir, deploy_cfg, log_level=logging.INFO,
+                       device='cpu', **kwargs):
+            precision = openvino_precision(deploy_cfg)
+            runtimes.check_openvino(precision)
+            ov = runtimes.import_openvino()
+            files = []
+            for onnx_file in ir_files:
+                model = runtimes.openvino_model(onnx_file)
+                if precision == 'int8':
+                    inputs = read_calibration(calibration_path(deploy_cfg, work_dir))
+                    model = runtimes.quantize_openvino(
+                        model, inputs, deploy_cfg['backend_config'].get('keep_float', ()))
+                xml = osp.join(work_dir, osp.splitext(osp.basename(onnx_file))[0] + '.xml')
+                ov.save_model(model, xml, compress_to_fp16=False)
+                files.append(xml)
+            names = get_ir_config(deploy_cfg).get('output_names')
+            if names:
+                missing = set(names) - {name for out in ov.Core().read_model(files[0]).outputs
+                                        for name in out.get_names()}
+                if missing:
+                    raise RuntimeError(f'{files[0]}: outputs {sorted(missing)} of the deploy '
+                                       'config are not in the converted model')
+            return files
+
+    return OpenVINOWrapper, OpenVINOManager
+
+
+OpenVINOWrapper, OpenVINOManager = _register_openvino()
 
 
 class RegistryFallbackFilter(logging.Filter):

@@ -11,7 +11,13 @@ runs the module in that runtime on inputs of the example's shape:
 * ``onnxruntime``: the module exported to ONNX at the example's shape
   (:func:`mmef.deploy.export_onnx`, constants folded), run by onnxruntime's CPU provider;
 * ``openvino``: that ONNX file compiled by OpenVINO's CPU plugin at f32 inference precision
-  (``openvino-bf16``: bf16). OpenVINO is optional: a clear error gives the install command.
+  (``openvino-bf16``: bf16, refused on a CPU without bf16 kernels; ``openvino-int8``: quantized
+  by :func:`quantize_openvino`, convolutions and matrix products in INT8, calibrated on the
+  example and a few random inputs of its shape, which is all a timing needs).
+
+The OpenVINO functions here (:func:`openvino_model`, :func:`quantize_openvino`,
+:func:`compile_openvino`) are also what mmdeploy's OpenVINO backend runs in mmef
+(:mod:`mmef.mmdeploy_compat`): one home for OpenVINO in mmef.
 
 Exported runtimes are checked against PyTorch on the example before anything is timed
 (:data:`RUNTIME_TOL`); a wrong export is an error, never a timing.
@@ -23,14 +29,17 @@ import time
 
 import torch
 
-RUNTIMES = ('torch', 'torch-bf16', 'onnxruntime', 'openvino', 'openvino-bf16')
+RUNTIMES = ('torch', 'torch-bf16', 'onnxruntime', 'openvino', 'openvino-bf16', 'openvino-int8')
+OPENVINO_PRECISIONS = ('f32', 'bf16', 'int8')
+OPENVINO_INSTALL = 'bash scripts/setup.sh (or: pip install openvino==2026.4.1 nncf==3.4.0)'
 
 # An exported runtime's outputs must be within this much of PyTorch's (of each output's largest
 # magnitude). Wrong exports (a wrong attention scale or bias) are off by 1e-2 and more; what fp32
 # runtimes lose in reductions over a whole large map stays below 2e-3 (at 800x1344, stage 1 of
 # L1: the unfused GroupNorm as onnxruntime's InstanceNormalization 1.1e-3, OpenVINO 1.4e-3; the
 # deployed model in onnxruntime 6e-7).
-RUNTIME_TOL = {'f32': 5e-3, 'bf16': 5e-2}
+# INT8 (per-tensor activations) is checked against its own bound: a wrong export is off by O(1).
+RUNTIME_TOL = {'f32': 5e-3, 'bf16': 5e-2, 'int8': 0.25}
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -87,16 +96,86 @@ def check_available(runtime, device='cpu'):
             raise RuntimeUnavailable('the onnxruntime runtime needs onnxruntime: '
                                      'pip install onnxruntime')
     if runtime.startswith('openvino'):
+        check_openvino(runtime.partition('-')[2] or 'f32')
+
+
+def import_openvino():
+    """The ``openvino`` module, or :class:`RuntimeUnavailable` with the install command."""
+    try:
+        import openvino
+    except ImportError as e:
+        raise RuntimeUnavailable(f'OpenVINO is not importable ({e}); install it: '
+                                 f'{OPENVINO_INSTALL}')
+    return openvino
+
+
+def check_openvino(precision):
+    """Raises :class:`RuntimeUnavailable` when OpenVINO cannot run at ``precision`` ('f32',
+    'bf16', 'int8') on this CPU: not installed, NNCF missing for int8, or no bf16 kernels for
+    bf16 (OpenVINO would silently run f32 and every bf16 figure would be an f32 one)."""
+    if precision not in OPENVINO_PRECISIONS:
+        raise ValueError(f'OpenVINO precision {precision!r}; choose from {OPENVINO_PRECISIONS}')
+    ov = import_openvino()
+    if precision == 'int8':
         try:
-            import openvino as ov
-        except ImportError:
-            raise RuntimeUnavailable('the openvino runtime needs OpenVINO, which mmef does not '
-                                     'install: pip install openvino')
-        if runtime == 'openvino-bf16':
-            caps = ov.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
-            if 'BF16' not in caps:
-                raise RuntimeUnavailable(f'openvino-bf16: OpenVINO has no bf16 on this CPU (its '
-                                         f'capabilities: {caps}); it would silently run f32')
+            import nncf  # noqa: F401
+        except ImportError as e:
+            raise RuntimeUnavailable(f'OpenVINO INT8 needs NNCF ({e}); install it: '
+                                     f'{OPENVINO_INSTALL}')
+    if precision == 'bf16':
+        caps = ov.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
+        if 'BF16' not in caps:
+            raise RuntimeUnavailable(
+                f'OpenVINO bf16: this CPU has no bf16 kernels (OpenVINO\'s capabilities here: '
+                f'{", ".join(caps)}; /proc/cpuinfo flags: {" ".join(cpu_info()["flags"])}), so '
+                'it would silently run f32. Use f32 or int8 on this machine.')
+
+
+def openvino_model(onnx_path):
+    """The ONNX file as an OpenVINO model (``openvino.convert_model``, which replaces the
+    Model Optimizer ``mo`` that mmdeploy 1.3.1 calls and OpenVINO no longer ships)."""
+    return import_openvino().convert_model(onnx_path)
+
+
+def quantize_openvino(model, inputs, keep_float=(), preset='mixed'):
+    """``model`` (openvino.Model) with its convolutions and matrix products quantized to INT8
+    by NNCF's post-training quantization (weights per output channel, activations per tensor,
+    ranges from ``inputs``), everything else left in float: every other operation type is
+    in NNCF's ignored scope, so post-processing (NMS, TopK, RoIAlign, box decoding),
+    normalisations, pooling and resizes never get quantizers. ``keep_float``: regular
+    expressions of node names also kept in float (e.g. ``'backbone/stages.3'``).
+
+    Args:
+        model (openvino.Model): Float model.
+        inputs (list[numpy.ndarray]): Calibration inputs (one array per forward; shapes may
+            differ where the model's are dynamic). At least one.
+        keep_float (Sequence[str]): Node name patterns not to quantize.
+        preset (str): NNCF's 'mixed' (asymmetric activations) or 'performance'.
+    """
+    check_openvino('int8')
+    import nncf
+    if not len(inputs):
+        raise ValueError('INT8 quantization needs calibration inputs, got none')
+    quantized_types = {'Convolution', 'GroupConvolution', 'MatMul'}
+    others = sorted({op.get_type_name() for op in model.get_ops()} - quantized_types)
+    scope = nncf.IgnoredScope(types=others, patterns=[f'.*(?:{p})' for p in keep_float],
+                              validate=False)
+    return nncf.quantize(model, nncf.Dataset(list(inputs)), subset_size=len(inputs),
+                         preset=nncf.QuantizationPreset(preset),
+                         model_type=nncf.ModelType.TRANSFORMER, ignored_scope=scope)
+
+
+def compile_openvino(model, precision='f32', threads=None):
+    """``model`` (openvino.Model or IR / ONNX path) compiled by OpenVINO's CPU plugin for
+    latency. ``precision`` is the inference precision of what is not quantized: 'f32' (set
+    explicitly: on CPUs with bf16 kernels OpenVINO picks bf16 by default), 'bf16', or 'int8'
+    (an INT8 model from :func:`quantize_openvino`; its float part runs f32)."""
+    check_openvino(precision)
+    config = {'INFERENCE_PRECISION_HINT': 'bf16' if precision == 'bf16' else 'f32',
+              'PERFORMANCE_HINT': 'LATENCY'}
+    if threads:
+        config['INFERENCE_NUM_THREADS'] = threads
+    return import_openvino().Core().compile_model(model, 'CPU', config)
 
 
 def runtime_info(runtime, device='cpu', threads=None):
@@ -110,7 +189,8 @@ def runtime_info(runtime, device='cpu', threads=None):
         version = openvino.__version__
     info = dict(runtime=runtime, runtime_version=version, torch_version=torch.__version__,
                 device=device, threads=threads or torch.get_num_threads(),
-                dtype='bf16' if runtime.endswith('bf16') else 'fp32', cpu=cpu_info(),
+                dtype=('bf16' if runtime.endswith('bf16') else
+                       'int8' if runtime.endswith('int8') else 'fp32'), cpu=cpu_info(),
                 allocator=allocator_state() if runtime.startswith('torch') else
                 f'{runtime} arena')
     if device == 'cuda':
@@ -218,11 +298,15 @@ def compile_module(module, example, runtime='torch', device='cpu', threads=None,
             return out[0] if single else tuple(out)
         tol = RUNTIME_TOL['f32']
     else:
-        import openvino as ov
-        precision = 'bf16' if runtime == 'openvino-bf16' else 'f32'
-        compiled = ov.Core().compile_model(path, 'CPU', {
-            'INFERENCE_NUM_THREADS': threads, 'INFERENCE_PRECISION_HINT': precision,
-            'PERFORMANCE_HINT': 'LATENCY'})
+        precision = runtime.partition('-')[2] or 'f32'
+        model = openvino_model(path)
+        if precision == 'int8':
+            gen = torch.Generator().manual_seed(0)
+            calib = [feed_example] + [_numpy_native(torch.randn(example.shape, generator=gen)
+                                                    * example.std() + example.mean())
+                                      for _ in range(3)]
+            model = quantize_openvino(model, calib)
+        compiled = compile_openvino(model, precision, threads)
         request = compiled.create_infer_request()
         outputs = compiled.outputs
 

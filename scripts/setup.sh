@@ -26,7 +26,7 @@ if [ ! -x "$PY" ]; then
     python3 -m venv "$VENV"
 fi
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$PY" -c 'import mmcv.ops, mmdet, mmseg, mmef, mmdeploy' 2>/dev/null; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$PY" -c 'import mmcv.ops, mmdet, mmseg, mmef, mmdeploy, openvino, nncf' 2>/dev/null; then
     log "environment up to date ($VENV)"
     exit 0
 fi
@@ -40,7 +40,8 @@ if ! "$PY" -c 'import torch' 2>/dev/null; then
 fi
 
 log "installing build requirements and pinned dependencies"
-"${PIP[@]}" install -r requirements/build.txt -r requirements/runtime.txt -r requirements/tests.txt
+"${PIP[@]}" install -r requirements/build.txt -r requirements/runtime.txt -r requirements/tests.txt \
+    -r requirements/openvino.txt
 # without its dependency pins (protobuf<=3.20.2 clashes with onnxruntime): see the file
 "${PIP[@]}" install --no-deps -r requirements/deploy.txt
 

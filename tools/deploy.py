@@ -1,5 +1,5 @@
-"""Export an mmdet / mmseg model to ONNX Runtime with mmdeploy (the pip package has no deploy tool)
-and check what was written against mmdet's / mmseg's own inference.
+"""Export an mmdet / mmseg model to ONNX Runtime or OpenVINO with mmdeploy (the pip package has no
+deploy tool) and check what was written against mmdet's / mmseg's own inference.
 
 Imports mmef.mmdeploy_compat (what stock mmdeploy 1.3.1 needs on torch >= 2.9, and mmdet's
 post-processing for two-stage detectors, registered through mmdeploy's rewriter registries),
@@ -9,7 +9,17 @@ traced on IMAGE and written to WORK_DIR/end2end.onnx. Then mmdeploy's backend mo
 on IMAGE and is compared with mmdet's / mmseg's inference API (mmef.export_check): detections
 matched one to one (same label, box IoU > 0.99, score within 1e-3: all of mmdet's top 20 and 95 %
 of all of them, masks IoU >= 0.99), or logits (1e-4 relative) and labels (99.9 %). Exits 1 beyond
-tolerance (``--no-check`` skips the check). Deploy configs for ONNX Runtime: configs/mmdeploy/.
+tolerance (``--no-check`` skips the check). Deploy configs: configs/mmdeploy/.
+
+OpenVINO deploy configs (``*_openvino*_dynamic.py``) convert that ONNX file to OpenVINO's IR
+(WORK_DIR/end2end.xml and .bin) in f32, bf16 or INT8 (``backend_config.precision``). INT8 is
+calibrated on ``--calib N`` images of the model config's training set (written to
+WORK_DIR/calib_data.npz first). f32 gets the check above; bf16 and INT8 are judged by the task's
+metric instead: ``--val N`` (default 50 for them) evaluates mmdet's / mmseg's PyTorch model and
+the export on the first N images of the config's test dataloader and exits 1 when the export
+loses more than 0.5 (bf16) or 1.0 (INT8) points of box / mask AP or mIoU
+(mmef.export_check.PRECISION_TOLERANCE). ``--sensitivity`` (INT8) evaluates the model once with
+each part of it kept in float and prints the table, to choose the deploy config's keep_float.
 
 Example:
     python tools/deploy.py configs/mmdeploy/segmentation_onnxruntime_dynamic.py \\
@@ -34,35 +44,123 @@ def parse_args(argv=None):
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--no-check', action='store_true',
                         help='do not compare the exported model with mmdet / mmseg')
+    parser.add_argument('--val', type=int, default=None, metavar='N',
+                        help='evaluate PyTorch and the export on the first N test images and '
+                             'compare the metrics (default: 50 for bf16 / INT8, 0 for fp32)')
+    parser.add_argument('--calib', type=int, default=None, metavar='N',
+                        help='INT8: calibration images from the training set (default: the '
+                             "deploy config's calib_config.num_images)")
+    parser.add_argument('--sensitivity', action='store_true',
+                        help='INT8: the metric with each part of the model kept in float')
     args = parser.parse_args(argv)
+    for name in ('val', 'calib'):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            parser.error(f'--{name} must be >= 0')
+    if args.calib == 0:
+        parser.error('--calib 0: INT8 needs calibration images (the default is the deploy '
+                     "config's calib_config.num_images)")
     for path in (args.deploy_config, args.model_config, args.checkpoint, args.image):
         if not osp.isfile(path):
             parser.error(f'{path!r} does not exist')
     return args
 
 
-def _format(task, figures):
+def _format(task, figures, name='onnxruntime'):
     if task == 'segmentation':
         logits = ('not compared (the graph outputs labels)' if figures['logits'] is None else
                   f"{figures['logits']:.2e} relative")
         return f"logits {logits}; labels agree on {figures['labels']:.2%} of pixels"
     masks = ('' if figures['mask_iou'] is None else
              f"; mask IoU of twins >= {figures['mask_iou']:.4f}")
-    return (f"mmdet {figures['reference']} detections, onnxruntime {figures['exported']}; "
+    return (f"mmdet {figures['reference']} detections, {name} {figures['exported']}; "
             f"twins of mmdet's top 20: {figures['top']}, of all: {figures['share']:.1%}, "
-            f"of onnxruntime's: {figures['exported_share']:.1%}{masks}")
+            f"of {name}'s: {figures['exported_share']:.1%}{masks}")
+
+
+def _format_metrics(figures, name):
+    rows = [f"{key} {row['reference']:.2f} -> {row['got']:.2f} ({-row['drop']:+.2f})"
+            for key, row in figures['rows'].items()]
+    return (f"PyTorch fp32 -> {name}: {'; '.join(rows)} (points; tolerance "
+            f"{figures['tolerance']} drop: {'met' if figures['passed'] else 'NOT met'})")
+
+
+def _convert(args, deploy_cfg, model_cfg, onnx_file, precision):
+    """The ONNX file as the deploy config's backend files (OpenVINO: the IR, calibrated first
+    for INT8); ONNX Runtime runs the ONNX file itself."""
+    from mmdeploy.apis.utils import to_backend
+    from mmdeploy.utils import get_backend
+    import mmef.mmdeploy_compat as compat
+    backend = get_backend(deploy_cfg).value
+    if backend != 'openvino':
+        return [onnx_file]
+    if precision == 'int8':
+        calib = deploy_cfg.get('calib_config') or {}
+        count = args.calib or calib.get('num_images', 300)
+        path = compat.write_calibration(compat.calibration_path(deploy_cfg, args.work_dir),
+                                        compat.calibration_inputs(model_cfg, deploy_cfg, count,
+                                                                  args.device))
+        print(f'wrote {path}: {count} calibration inputs from the training set')
+    files = to_backend(backend, [onnx_file], args.work_dir, deploy_cfg, device=args.device)
+    print(f'wrote {files[0]} (OpenVINO {precision})')
+    return files
+
+
+def _sensitivity(args, deploy_cfg, model_cfg, onnx_file, files, num_images):
+    """INT8: the metric with each part of the model kept in float (mmef.mmdeploy_compat
+    .model_parts), against PyTorch and against everything quantized; prints the table."""
+    import mmef.mmdeploy_compat as compat
+    from mmef.export_check import evaluate
+    parts = compat.model_parts(onnx_file)
+    work = os.path.join(args.work_dir, 'sensitivity')
+    reference = evaluate(model_cfg, os.path.join(work, 'pytorch'), num_images, args.checkpoint)
+    rows = [('(nothing: PyTorch fp32)', reference),
+            ('(nothing: all INT8)', evaluate(model_cfg, os.path.join(work, 'int8'), num_images,
+                                             deploy_cfg=deploy_cfg, backend_files=files))]
+    for part in parts:
+        cfg = deploy_cfg.copy()
+        keep = list(cfg.backend_config.get('keep_float', [])) + [compat.part_pattern(part)]
+        cfg.backend_config.keep_float = keep
+        part_dir = os.path.join(work, part.replace('/', '_'))
+        os.makedirs(part_dir, exist_ok=True)
+        compat.link_calibration(deploy_cfg, args.work_dir, cfg, part_dir)
+        from mmdeploy.apis.utils import to_backend
+        part_files = to_backend('openvino', [onnx_file], part_dir, cfg, device=args.device)
+        rows.append((part, evaluate(model_cfg, part_dir, num_images, deploy_cfg=cfg,
+                                    backend_files=part_files)))
+    keys = list(reference)
+    print(f'INT8 sensitivity on {num_images or "all"} test images (points; each row: that part '
+          'kept in float, the rest INT8):')
+    print('| kept in float | ' + ' | '.join(keys) + ' |')
+    print('|---|' + '---|' * len(keys))
+    for name, metrics in rows:
+        print(f'| {name} | ' + ' | '.join(f'{metrics[k]:.2f}' for k in keys) + ' |')
+    return rows
 
 
 def main(argv=None):
-    """Exports; returns the path of the ONNX file. Exits 1 when the check fails."""
+    """Exports; returns the path of the exported file (the ONNX file, or OpenVINO's IR).
+    Exits 1 when the check fails."""
     args = parse_args(argv)
     import mmef.mmdeploy_compat as compat  # before mmdeploy traces anything
     from mmdeploy.apis import torch2onnx
-    from mmdeploy.utils import get_input_shape, get_onnx_config, is_dynamic_shape, load_config
+    from mmdeploy.utils import (get_backend, get_input_shape, get_onnx_config,
+                                is_dynamic_shape, load_config)
+    from mmef import runtimes
     from mmef.checkpoint import load_file
-    from mmef.export_check import check_export
+    from mmef.export_check import check_export, compare_metrics, evaluate
     load_file(args.checkpoint)  # clear errors for a missing, corrupt or unsafe file
     deploy_cfg, model_cfg = load_config(args.deploy_config, args.model_config)
+    backend = get_backend(deploy_cfg).value
+    precision = compat.openvino_precision(deploy_cfg) if backend == 'openvino' else 'f32'
+    try:
+        if backend == 'openvino':
+            runtimes.check_openvino(precision)  # before anything is exported
+    except (runtimes.RuntimeUnavailable, ValueError) as e:
+        sys.exit(f'{args.deploy_config}: {e}')
+    if args.sensitivity and precision != 'int8':
+        sys.exit('--sensitivity ranks the parts of an INT8 model: give an *_openvino-int8_* '
+                 'deploy config')
+    num_val = args.val if args.val is not None else (50 if precision != 'f32' else 0)
     model_cfg.model.backbone.pop('init_cfg', None)  # the checkpoint has all weights
     os.makedirs(args.work_dir, exist_ok=True)
     save_file = get_onnx_config(deploy_cfg)['save_file']
@@ -71,22 +169,40 @@ def main(argv=None):
         torch2onnx(args.image, args.work_dir, save_file, deploy_cfg, model_cfg,
                    args.checkpoint, args.device)
         print(f'wrote {path}')
-        if args.no_check:
-            return path
-        task, figures = check_export(deploy_cfg, model_cfg, args.checkpoint, args.image,
-                                     [path], args.device)
-    print(f'check on {args.image}: {_format(task, figures)}')
-    if not figures['passed']:
-        hint = ''
-        if not is_dynamic_shape(deploy_cfg):
-            width, height = get_input_shape(deploy_cfg)
-            hint = (f' The deploy config has a static input shape ({height}x{width}): mmdeploy '
-                    'resizes every image to it, mmdet / mmseg keep the aspect ratio; pass '
-                    '--no-check for static exports.')
-        print(f'the exported {task} model does not give what mmdet / mmseg give (tolerances: '
-              f'mmef/export_check.py); {path} is kept for inspection.{hint}', file=sys.stderr)
+        files = _convert(args, deploy_cfg, model_cfg, path, precision)
+        name = backend if backend != 'openvino' else f'openvino {precision}'
+        failed = []
+        if not args.no_check and precision == 'f32':
+            task, figures = check_export(deploy_cfg, model_cfg, args.checkpoint, args.image,
+                                         files, args.device)
+            print(f'check on {args.image}: {_format(task, figures, name)}')
+            if not figures['passed']:
+                hint = ''
+                if not is_dynamic_shape(deploy_cfg):
+                    width, height = get_input_shape(deploy_cfg)
+                    hint = (f' The deploy config has a static input shape ({height}x{width}): '
+                            'mmdeploy resizes every image to it, mmdet / mmseg keep the aspect '
+                            'ratio; pass --no-check for static exports.')
+                failed.append(f'the exported {task} model does not give what mmdet / mmseg '
+                              f'give (tolerances: mmef/export_check.py).{hint}')
+        elif precision != 'f32' and not num_val:
+            print(f'{precision} accuracy not checked (--val 0)')
+        if num_val:
+            work = osp.join(args.work_dir, 'val')
+            figures = compare_metrics(
+                evaluate(model_cfg, osp.join(work, 'pytorch'), num_val, args.checkpoint),
+                evaluate(model_cfg, osp.join(work, 'export'), num_val, deploy_cfg=deploy_cfg,
+                         backend_files=files), precision)
+            print(f'metrics on the first {num_val} test images: {_format_metrics(figures, name)}')
+            if not figures['passed']:
+                failed.append(f'the {name} model loses more than {figures["tolerance"]} points '
+                              'of its task\'s metric')
+        if args.sensitivity:
+            _sensitivity(args, deploy_cfg, model_cfg, path, files, num_val or None)
+    if failed:
+        print(' '.join(failed) + f' {files[0]} is kept for inspection.', file=sys.stderr)
         sys.exit(1)
-    return path
+    return files[0]
 
 
 if __name__ == '__main__':

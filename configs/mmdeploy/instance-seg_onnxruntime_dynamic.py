@@ -1,27 +1,4 @@
 # mmdeploy: Mask R-CNN (any mmdet instance-segmentation model) to ONNX Runtime, dynamic batch /
 # height / width. The pip package of mmdeploy ships no deploy configs; this one is written for
-# mmef's models and tools/deploy.py (or mmdeploy's own; see the README). Outputs: dets
-# (x1, y1, x2, y2, score), labels, masks (per detection, at the RoI head's 28x28 resolution).
-_base_ = ['./_base_/onnxruntime.py']
-
-onnx_config = dict(
-    output_names=['dets', 'labels', 'masks'],
-    dynamic_axes={
-        'input': {0: 'batch', 2: 'height', 3: 'width'},
-        'dets': {0: 'batch', 1: 'num_dets'},
-        'labels': {0: 'batch', 1: 'num_dets'},
-        'masks': {0: 'batch', 1: 'num_dets', 2: 'height', 3: 'width'},
-    })
-codebase_config = dict(
-    type='mmdet',
-    task='ObjectDetection',
-    model_type='mmef_end2end',
-    post_processing=dict(
-        score_threshold=0.05,
-        confidence_threshold=0.005,
-        iou_threshold=0.5,
-        max_output_boxes_per_class=200,
-        pre_top_k=5000,
-        keep_top_k=100,
-        background_label_id=-1,
-        export_postprocess_mask=False))
+# mmef's models and tools/deploy.py (or mmdeploy's own; see the README).
+_base_ = ['./_base_/instance-seg_dynamic.py', './_base_/backends/onnxruntime.py']

@@ -1,0 +1,3 @@
+# mmdeploy: instance-seg to OpenVINO (CPU), f32, dynamic batch / height / width: the ONNX Runtime
+# config's graph converted to OpenVINO's IR (end2end.xml / .bin) by mmef.mmdeploy_compat.
+_base_ = ['./_base_/instance-seg_dynamic.py', './_base_/backends/openvino.py']
