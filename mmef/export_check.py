@@ -8,13 +8,17 @@ same image and the same checkpoint:
   same label, box IoU above ``iou``, score within ``score``; masks of twins are compared by IoU.
   Passes when every one of mmdet's ``top`` best detections and at least ``share`` of all of
   them have a twin, at least ``share`` of the backend's detections are twins, and every twin's
-  mask IoU is at least ``mask_iou``.
+  mask IoU is at least ``mask_iou`` or its masks differ in at most ``mask_pixels`` pixels (a
+  pasted mask is probabilities thresholded at 0.5: a pixel within float noise of 0.5 flips
+  between two correct fp32 runtimes, and on a 65-pixel mask one flip is IoU 0.985; measured
+  with OpenVINO's f32 against mmdet).
 * Segmentation: logits relative to their largest magnitude (when the graph outputs logits) and
   the share of pixels with the same label.
 """
 import torch
 
-DETECTION_TOLERANCE = dict(iou=0.99, score=1e-3, top=20, share=0.95, mask_iou=0.99)
+DETECTION_TOLERANCE = dict(iou=0.99, score=1e-3, top=20, share=0.95, mask_iou=0.99,
+                           mask_pixels=2)
 SEGMENTATION_TOLERANCE = dict(logits=1e-4, labels=0.999)
 
 
@@ -46,7 +50,13 @@ def pairwise_mask_iou(a, b):
     return torch.where(union > 0, (a & b).sum(1) / union.clamp(min=1), 1.0)
 
 
-def compare_detections(ref, got, iou=0.99, score=1e-3, top=20, share=0.95, mask_iou=0.99):
+def pairwise_mask_differences(a, b):
+    """Pixels in which boolean masks ``a`` and ``b`` (K, H, W) differ, pairwise: (K,)."""
+    return (a.bool().flatten(1) ^ b.bool().flatten(1)).sum(1)
+
+
+def compare_detections(ref, got, iou=0.99, score=1e-3, top=20, share=0.95, mask_iou=0.99,
+                       mask_pixels=2):
     """Figures of ``got`` (the backend's ``pred_instances``) against ``ref`` (mmdet's) and
     whether they pass (see the module docstring). Returns a dict."""
     twins = match_detections(ref, got, iou, score)
@@ -56,12 +66,16 @@ def compare_detections(ref, got, iou=0.99, score=1e-3, top=20, share=0.95, mask_
                    top=f'{int(head.sum())}/{len(head)}',
                    share=float(found.float().mean()) if len(ref) else 1.0,
                    exported_share=float(found.sum()) / len(got) if len(got) else 1.0,
-                   mask_iou=None)
+                   mask_iou=None, mask_pixels=None)
     passed = bool(head.all()) and figures['share'] >= share and figures['exported_share'] >= share
     if 'masks' in ref and 'masks' in got and found.any():
-        ious = pairwise_mask_iou(ref.masks[found], got.masks[twins[found]])
+        ref_masks, got_masks = ref.masks[found], got.masks[twins[found]]
+        ious = pairwise_mask_iou(ref_masks, got_masks)
+        differ = pairwise_mask_differences(ref_masks, got_masks)
         figures['mask_iou'] = float(ious.min())
-        passed = passed and figures['mask_iou'] >= mask_iou
+        figures['mask_pixels'] = int(differ[ious < mask_iou].max()) if (ious < mask_iou).any() \
+            else 0
+        passed = passed and bool(((ious >= mask_iou) | (differ <= mask_pixels)).all())
     figures['passed'] = passed
     return figures
 

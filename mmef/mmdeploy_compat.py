@@ -410,14 +410,19 @@ _OPENVINO_ROI_EXTRACTOR = ('mmdet.models.roi_heads.roi_extractors.single_level_r
 
 
 def _unregister_openvino_roi_extractor():
+    # mmdeploy registers its mmdet rewriters when it loads the codebase: load it first
+    import mmdeploy.codebase.mmdet.models  # noqa: F401
     from mmdeploy.core.rewriters.rewriter_utils import BackendChecker
     from mmdeploy.utils import Backend
     records = FUNCTION_REWRITER._registry._rewrite_records
-    records[_OPENVINO_ROI_EXTRACTOR] = [
-        record for record in records.get(_OPENVINO_ROI_EXTRACTOR, [])
-        if not any(isinstance(checker, BackendChecker)
-                   and checker.required_backend == Backend.OPENVINO
-                   for checker in record['_checkers'])]
+    kept = [record for record in records[_OPENVINO_ROI_EXTRACTOR]
+            if not any(isinstance(checker, BackendChecker)
+                       and checker.required_backend == Backend.OPENVINO
+                       for checker in record['_checkers'])]
+    if len(kept) == len(records[_OPENVINO_ROI_EXTRACTOR]):
+        raise RuntimeError('mmef.mmdeploy_compat: mmdeploy\'s OpenVINO rewrite of '
+                           'SingleRoIExtractor was not found; this mmdeploy is not 1.3.1')
+    records[_OPENVINO_ROI_EXTRACTOR] = kept
 
 
 _unregister_openvino_roi_extractor()
@@ -449,9 +454,11 @@ def calibration_inputs(model_cfg, deploy_cfg, num_images, device='cpu'):
         raise ValueError('INT8 calibration: the model config\'s training set is empty '
                          f'({model_cfg.train_dataloader.dataset.get("data_root", "")})')
     picks = np.unique(np.linspace(0, len(dataset) - 1, min(num_images, len(dataset))).round())
+    preprocessor = task.build_data_preprocessor()
     inputs = []
     for index in picks.astype(int):
-        data, x = task.create_input(dataset.get_data_info(int(index))['img_path'])
+        data, x = task.create_input(dataset.get_data_info(int(index))['img_path'],
+                                    data_preprocessor=preprocessor)
         if model_cfg.get('default_scope') == 'mmdet':
             height, width = data['data_samples'][0].img_shape[:2]
             x = x[..., :height, :width]
@@ -480,10 +487,33 @@ def read_calibration(path):
         return [data[f'arr_{i}'] for i in range(len(data.files))]
 
 
+def model_parts(onnx_file):
+    """The parts of an exported model whose layers INT8 quantizes (convolutions and matrix
+    products), in graph order: {name: ``keep_float`` pattern}. Each backbone child
+    ('backbone/stem', 'backbone/stages.0', ...) and each other top-level scope of the graph's
+    node names, list indices merged ('neck', 'rpn_head', 'bbox_head', 'mask_head',
+    'scale_heads', 'conv_seg')."""
+    import re
+
+    import onnx
+    parts = {}
+    for node in onnx.load(onnx_file).graph.node:
+        scopes = node.name.strip('/').split('/')[:-1]
+        if node.op_type not in ('Conv', 'MatMul', 'Gemm') or not scopes:
+            continue
+        if scopes[0] == 'backbone' and len(scopes) > 1:
+            name = f'backbone/{scopes[1]}'
+            parts.setdefault(name, '/' + re.escape(name) + '/')
+        else:
+            name = re.sub(r'\.\d+$', '', scopes[0])
+            parts.setdefault(name, '/' + re.escape(name) + r'(\.\d+)?/')
+    return parts
+
+
 def _register_openvino():
     from mmdeploy.backend.base import BACKEND_MANAGERS, BACKEND_WRAPPER, BaseWrapper
     from mmdeploy.backend.openvino.backend_manager import OpenVINOManager as StockManager
-    from mmdeploy.utils import get_ir_config
+    from mmdeploy.utils import get_ir_config, get_root_logger
 
     from . import runtimes
 
@@ -506,7 +536,6 @@ def _register_openvino():
             return {name: torch.from_numpy(result[self.compiled.output(name)].copy())
                     for name in self.output_names}
 
-    @BACKEND_MANAGERS.register('openvino')
     class OpenVINOManager(StockManager):
         """mmdeploy's OpenVINO backend on current OpenVINO (see the section's comment)."""
 
@@ -549,6 +578,14 @@ def _register_openvino():
                                        'config are not in the converted model')
             return files
 
+    # replaces mmdeploy's (whose registry logs the replacement at INFO on every import)
+    logger = get_root_logger()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        BACKEND_MANAGERS.register('openvino')(OpenVINOManager)
+    finally:
+        logger.setLevel(level)
     return OpenVINOWrapper, OpenVINOManager
 
 

@@ -156,8 +156,15 @@ def quantize_openvino(model, inputs, keep_float=(), preset='mixed'):
     import nncf
     if not len(inputs):
         raise ValueError('INT8 quantization needs calibration inputs, got none')
+    import re
     quantized_types = {'Convolution', 'GroupConvolution', 'MatMul'}
-    others = sorted({op.get_type_name() for op in model.get_ops()} - quantized_types)
+    ops = list(model.get_ops())
+    others = sorted({op.get_type_name() for op in ops} - quantized_types)
+    layers = [op.get_friendly_name() for op in ops if op.get_type_name() in quantized_types]
+    unmatched = [p for p in keep_float if not any(re.search(p, name) for name in layers)]
+    if unmatched:
+        raise ValueError(f'keep_float {unmatched} match no quantized layer of the model (its '
+                         f'layers are named like {layers[:3]})')
     scope = nncf.IgnoredScope(types=others, patterns=[f'.*(?:{p})' for p in keep_float],
                               validate=False)
     return nncf.quantize(model, nncf.Dataset(list(inputs)), subset_size=len(inputs),

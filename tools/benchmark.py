@@ -30,9 +30,11 @@ EfficientFormerV2: v2s0 v2s1 v2s2 v2l (unfused eval), -deploy, -original (the or
 code's arithmetic: official bias of the COCO files recomputed on every forward, unfused).
 Suffixes (backbone task): NAME:bf16 (bfloat16 weights and input), NAME:autocast-bf16 (CPU bf16
 autocast), NAME:ort (exported to ONNX at --size and run in onnxruntime), NAME:ov and NAME:ov-bf16
-(that ONNX file in OpenVINO's CPU plugin at f32 / bf16 inference precision; OpenVINO is optional,
-not installed by scripts/setup.sh: `pip install openvino`), e.g. l1-deploy:bf16.
-Whole-model tasks: l1, l1-deploy, l3, l3-deploy, ..., r50 (mmdet / mmseg R-50 configs).
+(that ONNX file in OpenVINO's CPU plugin at f32 / bf16 inference precision), NAME:ov-int8 (INT8 by
+NNCF: mmef.runtimes.quantize_openvino), e.g. l1-deploy:bf16.
+Whole-model tasks: l1, l1-deploy, l3, l3-deploy, ..., r50 (mmdet / mmseg R-50 configs); NAME:ort,
+NAME:ov, NAME:ov-bf16, NAME:ov-int8 (exported by mmdeploy with configs/mmdeploy/*_dynamic.py and run
+by mmdeploy's backend model: graph and post-processing).
 
 Example:
     python tools/benchmark.py backbone --threads 2 --runs 10 \\
@@ -59,11 +61,15 @@ CONFIGS = dict(
         'l1': 'configs/mask_rcnn/mask-rcnn_efficientformer-l1_fpn_1x_coco.py',
         'l3': 'configs/mask_rcnn/mask-rcnn_efficientformer-l3_fpn_1x_coco.py',
         'l7': 'configs/mask_rcnn/mask-rcnn_efficientformer-l7_fpn_1x_coco.py',
+        'v2s0': 'configs/mask_rcnn/mask-rcnn_efficientformerv2-s0_fpn_1x_coco.py',
+        'v2s2': 'configs/mask_rcnn/mask-rcnn_efficientformerv2-s2_fpn_1x_coco.py',
         'r50': 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'},
     segmentor={
         'l1': 'configs/semantic_fpn/fpn_efficientformer-l1_8xb4-40k_ade20k-512x512.py',
         'l3': 'configs/semantic_fpn/fpn_efficientformer-l3_8xb4-40k_ade20k-512x512.py',
         'l7': 'configs/semantic_fpn/fpn_efficientformer-l7_8xb4-40k_ade20k-512x512.py',
+        'v2s0': 'configs/semantic_fpn/fpn_efficientformerv2-s0_8xb4-40k_ade20k-512x512.py',
+        'v2s2': 'configs/semantic_fpn/fpn_efficientformerv2-s2_8xb4-40k_ade20k-512x512.py',
         'r50': 'mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py'})
 CONFIGS['train'] = CONFIGS['detector']
 
@@ -232,14 +238,18 @@ def whole_inputs(task, size, batch):
 
 # ----------------------------------------------------------------------------- runners
 # backbone name suffixes: precision / runtime of the same model
-PRECISIONS = (':bf16', ':autocast-bf16', ':ort', ':ov', ':ov-bf16')
+PRECISIONS = (':bf16', ':autocast-bf16', ':ort', ':ov', ':ov-bf16', ':ov-int8')
+EXPORTED = dict(ort='onnxruntime', ov='openvino', **{'ov-bf16': 'openvino-bf16',
+                                                   'ov-int8': 'openvino-int8'})
 
 
 def backbone_runner(name, size, batch, device, fp16):
     """``NAME`` (fp32 PyTorch), ``NAME:bf16`` (bfloat16 weights and input),
     ``NAME:autocast-bf16`` (fp32 weights under CPU bf16 autocast), ``NAME:ort`` (the model
-    exported to ONNX at this size, run in onnxruntime with the same thread count), ``NAME:ov``
-    and ``NAME:ov-bf16`` (that file in OpenVINO, f32 / bf16 inference precision)."""
+    exported to ONNX at this size, run in onnxruntime with the same thread count), ``NAME:ov``,
+    ``NAME:ov-bf16`` and ``NAME:ov-int8`` (that file in OpenVINO: f32 / bf16 inference
+    precision, or quantized by mmef.runtimes.quantize_openvino, calibrated on random inputs:
+    the speed of INT8 does not depend on its ranges)."""
     base, _, precision = name.partition(':')
     if precision and f':{precision}' not in PRECISIONS:
         raise ValueError(f'unknown suffix {precision!r} in {name!r}; choose from {PRECISIONS}')
@@ -249,10 +259,10 @@ def backbone_runner(name, size, batch, device, fp16):
         model, x = model.half(), x.half()
     if precision == 'bf16':
         model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
-    if precision in ('ort', 'ov', 'ov-bf16'):
+    if precision in EXPORTED:
         # exported and checked against PyTorch first (mmef.runtimes)
         from mmef.runtimes import RuntimeUnavailable, compile_module
-        runtime = dict(ort='onnxruntime', ov='openvino').get(precision, 'openvino-bf16')
+        runtime = EXPORTED[precision]
         try:
             compiled = compile_module(model, x, runtime, device.type, name=name)
         except (RuntimeUnavailable, RuntimeError) as e:
@@ -268,12 +278,71 @@ def backbone_runner(name, size, batch, device, fp16):
     return run
 
 
+WHOLE_EXPORTS = dict(ort=('onnxruntime', 'f32'), ov=('openvino', 'f32'),
+                     **{'ov-bf16': ('openvino', 'bf16'), 'ov-int8': ('openvino', 'int8')})
+
+
+def exported_whole_runner(task, name, size, batch):
+    """``NAME:ort`` / ``:ov`` / ``:ov-bf16`` / ``:ov-int8`` of the detector and segmentor
+    tasks: the model exported by mmdeploy with mmef's deploy config of the task
+    (configs/mmdeploy/*_dynamic.py) and run by mmdeploy's backend model on the same tensors as
+    the PyTorch rows: graph and post-processing (boxes, masks pasted on the image), i.e. image
+    tensor in, detections out. INT8 is calibrated on random inputs (speed only)."""
+    import tempfile
+
+    import cv2
+    import numpy as np
+    from mmdeploy.apis import torch2onnx
+    from mmdeploy.apis.utils import build_task_processor, to_backend
+    from mmdeploy.utils import load_config
+
+    import mmef.mmdeploy_compat as compat
+    base, _, suffix = name.partition(':')
+    if suffix not in WHOLE_EXPORTS:
+        raise ValueError(f'unknown suffix {suffix!r} in {name!r}; whole models take '
+                         f'{sorted(WHOLE_EXPORTS)}')
+    backend, precision = WHOLE_EXPORTS[suffix]
+    arch = base.partition('-')[0]
+    work = tempfile.mkdtemp(prefix='mmef-bench-')
+    ckpt = os.path.join(work, 'model.pth')
+    torch.save({'state_dict': build_whole(task, arch).state_dict(), 'meta': {}}, ckpt)
+    image = os.path.join(work, 'image.jpg')
+    cv2.imwrite(image, (np.random.RandomState(0).rand(*size, 3) * 255).astype('uint8'))
+    kind = 'segmentation' if task == 'segmentor' else 'instance-seg'
+    deploy_cfg, model_cfg = load_config(
+        os.path.join(ROOT, f'configs/mmdeploy/{kind}_{backend}_dynamic.py'),
+        os.path.join(ROOT, CONFIGS[task][arch]))
+    if backend == 'openvino':
+        deploy_cfg.backend_config.precision = precision
+    model_cfg.model.backbone.pop('init_cfg', None)
+    with compat.quiet_registry_fallback():
+        torch2onnx(image, work, 'end2end.onnx', deploy_cfg, model_cfg, ckpt, 'cpu')
+    files = [os.path.join(work, 'end2end.onnx')]
+    if backend == 'openvino':
+        if precision == 'int8':
+            h, w = size
+            compat.write_calibration(compat.calibration_path(deploy_cfg, work),
+                                     [np.random.RandomState(i).randn(1, 3, h, w)
+                                      .astype('float32') for i in range(3)])
+        files = to_backend(backend, files, work, deploy_cfg)
+    processor = build_task_processor(model_cfg, deploy_cfg, 'cpu')
+    model = processor.build_backend_model(files, processor.update_data_preprocessor)
+    inputs, samples = whole_inputs(task, size, batch)
+
+    def run():
+        with torch.no_grad():
+            model(inputs, samples, mode='predict')
+    return run
+
+
 def make_runner(task, name, size, batch, device, fp16):
     """Returns a zero-argument callable doing one timed unit of work."""
     if task == 'attention':
         return attention_runner(name, size, batch, device)
     if task == 'backbone':
         return backbone_runner(name, size, batch, device, fp16)
+    if ':' in name:
+        return exported_whole_runner(task, name, size, batch)
     model = build_whole(task, name).to(device)
     inputs, samples = whole_inputs(task, size, batch)
     inputs, samples = inputs.to(device), [s.to(device) for s in samples]

@@ -71,7 +71,9 @@ def _format(task, figures, name='onnxruntime'):
                   f"{figures['logits']:.2e} relative")
         return f"logits {logits}; labels agree on {figures['labels']:.2%} of pixels"
     masks = ('' if figures['mask_iou'] is None else
-             f"; mask IoU of twins >= {figures['mask_iou']:.4f}")
+             f"; mask IoU of twins >= {figures['mask_iou']:.4f}" +
+             (f" (below 0.99: masks differing in at most {figures['mask_pixels']} pixels)"
+              if figures['mask_pixels'] else ''))
     return (f"mmdet {figures['reference']} detections, {name} {figures['exported']}; "
             f"twins of mmdet's top 20: {figures['top']}, of all: {figures['share']:.1%}, "
             f"of {name}'s: {figures['exported_share']:.1%}{masks}")
@@ -106,30 +108,30 @@ def _convert(args, deploy_cfg, model_cfg, onnx_file, precision):
 
 
 def _sensitivity(args, deploy_cfg, model_cfg, onnx_file, files, num_images):
-    """INT8: the metric with each part of the model kept in float (mmef.mmdeploy_compat
-    .model_parts), against PyTorch and against everything quantized; prints the table."""
+    """INT8: the task's metric with each part of the model (mmef.mmdeploy_compat.model_parts)
+    kept in float and the rest quantized, next to PyTorch's and all-INT8's; prints the table."""
+    from mmdeploy.apis.utils import to_backend
+
     import mmef.mmdeploy_compat as compat
     from mmef.export_check import evaluate
-    parts = compat.model_parts(onnx_file)
-    work = os.path.join(args.work_dir, 'sensitivity')
-    reference = evaluate(model_cfg, os.path.join(work, 'pytorch'), num_images, args.checkpoint)
-    rows = [('(nothing: PyTorch fp32)', reference),
-            ('(nothing: all INT8)', evaluate(model_cfg, os.path.join(work, 'int8'), num_images,
-                                             deploy_cfg=deploy_cfg, backend_files=files))]
-    for part in parts:
+    work = osp.join(args.work_dir, 'sensitivity')
+    calib_file = osp.abspath(compat.calibration_path(deploy_cfg, args.work_dir))
+    rows = [('nothing (PyTorch fp32)', evaluate(model_cfg, osp.join(work, 'pytorch'),
+                                                num_images, args.checkpoint)),
+            ('nothing (all INT8)', evaluate(model_cfg, osp.join(work, 'int8'), num_images,
+                                            deploy_cfg=deploy_cfg, backend_files=files))]
+    for name, pattern in compat.model_parts(onnx_file).items():
         cfg = deploy_cfg.copy()
-        keep = list(cfg.backend_config.get('keep_float', [])) + [compat.part_pattern(part)]
-        cfg.backend_config.keep_float = keep
-        part_dir = os.path.join(work, part.replace('/', '_'))
+        cfg.backend_config.keep_float = list(cfg.backend_config.get('keep_float', [])) + [pattern]
+        cfg.calib_config = dict(cfg.get('calib_config') or {}, calib_file=calib_file)
+        part_dir = osp.join(work, name.replace('/', '_'))
         os.makedirs(part_dir, exist_ok=True)
-        compat.link_calibration(deploy_cfg, args.work_dir, cfg, part_dir)
-        from mmdeploy.apis.utils import to_backend
         part_files = to_backend('openvino', [onnx_file], part_dir, cfg, device=args.device)
-        rows.append((part, evaluate(model_cfg, part_dir, num_images, deploy_cfg=cfg,
+        rows.append((name, evaluate(model_cfg, part_dir, num_images, deploy_cfg=cfg,
                                     backend_files=part_files)))
-    keys = list(reference)
-    print(f'INT8 sensitivity on {num_images or "all"} test images (points; each row: that part '
-          'kept in float, the rest INT8):')
+    keys = list(rows[0][1])
+    print(f'INT8 sensitivity on the first {num_images or "all"} test images (points; each row: '
+          'that part kept in float, the rest INT8):')
     print('| kept in float | ' + ' | '.join(keys) + ' |')
     print('|---|' + '---|' * len(keys))
     for name, metrics in rows:
