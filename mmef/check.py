@@ -160,6 +160,15 @@ def check_deploy_stack():
         msg = _reason(err, 200)
         problems.append(f'mmdeploy or mmef.mmdeploy_compat does not load ({msg}); fix: '
                         f'{DEPLOY_FIX}')
+    try:
+        import nncf
+        import openvino as ov
+        caps = ov.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
+        versions.append(f'openvino {ov.__version__} (CPU: {", ".join(caps)}), '
+                        f'nncf {nncf.__version__}')
+    except Exception as err:
+        msg = _reason(err, 200)
+        problems.append(f'OpenVINO / NNCF do not load ({msg}); fix: {DEPLOY_FIX}')
     return ('; '.join(versions) or 'no'), problems
 
 

@@ -158,6 +158,14 @@ def evaluate(cfg, work_dir, num_images=None, checkpoint=None, deploy_cfg=None,
     exported ``backend_files`` through mmdeploy's backend model (``deploy_cfg``). ``cfg`` is
     not modified. Import mmef.mmdeploy_compat first for exported files."""
     from .engine import build_runner, check_dataset
+    if backend_files:
+        from mmdeploy.utils import get_input_shape, is_dynamic_shape
+        if not is_dynamic_shape(deploy_cfg):
+            width, height = get_input_shape(deploy_cfg)
+            raise ValueError(
+                f'a static deploy config ({height}x{width}) resizes every image to that shape, '
+                'unlike the model config\'s test pipeline, so its metric is not the model\'s: '
+                'evaluate an export made with a *_dynamic.py deploy config')
     cfg = cfg.copy()
     cfg.work_dir = work_dir
     if num_images:

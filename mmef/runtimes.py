@@ -134,7 +134,18 @@ def check_openvino(precision):
 def openvino_model(onnx_path):
     """The ONNX file as an OpenVINO model (``openvino.convert_model``, which replaces the
     Model Optimizer ``mo`` that mmdeploy 1.3.1 calls and OpenVINO no longer ships)."""
-    return import_openvino().convert_model(onnx_path)
+    ov = import_openvino()
+    try:
+        return ov.convert_model(onnx_path)
+    except Exception as e:  # OpenVINO raises its own exception types per frontend
+        import onnx
+        custom = sorted({f'{n.domain}::{n.op_type}' for n in onnx.load(onnx_path).graph.node
+                         if n.domain not in ('', 'ai.onnx')})
+        hint = (f' The graph has operators outside the ONNX standard, which OpenVINO cannot run: '
+                f'{", ".join(custom)} (a model part whose export mmdeploy writes as a custom op; '
+                'run it with ONNX Runtime and mmdeploy\'s custom ops instead).' if custom else '')
+        raise RuntimeUnavailable(f'OpenVINO cannot convert {onnx_path}: '
+                                 f'{str(e).strip().splitlines()[0]}{hint}') from e
 
 
 def quantize_openvino(model, inputs, keep_float=(), preset='mixed'):
@@ -167,9 +178,16 @@ def quantize_openvino(model, inputs, keep_float=(), preset='mixed'):
                          f'layers are named like {layers[:3]})')
     scope = nncf.IgnoredScope(types=others, patterns=[f'.*(?:{p})' for p in keep_float],
                               validate=False)
-    return nncf.quantize(model, nncf.Dataset(list(inputs)), subset_size=len(inputs),
-                         preset=nncf.QuantizationPreset(preset),
-                         model_type=nncf.ModelType.TRANSFORMER, ignored_scope=scope)
+    import logging
+    logger = logging.getLogger('nncf')  # one INFO line per layer it leaves alone
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        return nncf.quantize(model, nncf.Dataset(list(inputs)), subset_size=len(inputs),
+                             preset=nncf.QuantizationPreset(preset),
+                             model_type=nncf.ModelType.TRANSFORMER, ignored_scope=scope)
+    finally:
+        logger.setLevel(level)
 
 
 def compile_openvino(model, precision='f32', threads=None):

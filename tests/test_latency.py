@@ -367,11 +367,16 @@ def test_heap_setting_is_recorded_and_a_table_of_another_is_refused(tmp_path):
         in proc.stderr, proc.stderr
 
 
-@pytest.mark.skipif(not any(osp.isdir(osp.join(p, 'openvino')) for p in sys.path if p),
-                    reason='OpenVINO is optional (pip install openvino)')
-def test_openvino_table(tmp_path):
-    table = tiny_table(tmp_path, runtime='openvino', keys=['stem0:16', 'mb3df3:16'])
-    assert table.meta['runtime'] == 'openvino' and table.meta['allocator'] == 'openvino arena'
+@pytest.mark.parametrize('runtime', ['openvino', 'openvino-int8'])
+def test_openvino_table(tmp_path, runtime):
+    """OpenVINO tables (f32 and INT8: entries quantized by mmef.runtimes.quantize_openvino,
+    checked against PyTorch within RUNTIME_TOL['int8'] before they are timed)."""
+    pytest.importorskip('openvino', reason='OpenVINO is installed by scripts/setup.sh')
+    table = tiny_table(tmp_path, runtime=runtime, keys=['stem0:16', 'mb3df3:16'])
+    assert table.meta['runtime'] == runtime and table.meta['allocator'] == f'{runtime} arena'
+    assert table.meta['dtype'] == ('int8' if runtime.endswith('int8') else 'fp32')
+    assert sorted(table.entries) == ['mb3df3:16', 'stem0:16']
+    assert all(entry['ms'] > 0 for entry in table.entries.values())
 
 
 def test_paired_study_predicts_from_each_rounds_entries(tmp_path):

@@ -170,9 +170,14 @@ def test_int8_accuracy_check_fails_where_a_layer_must_stay_float(tmp_path, capsy
     fp32, int8 = _miou_line(printed.out)
     assert fp32 == 100.0 and int8 < 99.0, printed.out
     assert 'loses more than 1.0 points' in printed.err
-    rows = dict(re.findall(r'^\| (\S+) \| ([0-9.]+) \|$', printed.out, re.M))
-    assert float(rows['conv_seg']) >= 99.0, rows  # the sensitivity run finds the layer
-    assert float(rows['backbone/stem']) < 99.0, rows
+    rows = {name: (int(ops), float(miou)) for name, ops, miou in
+            re.findall(r'^\| (\S+) \| (\d+) \| ([0-9.]+) \|$', printed.out, re.M)}
+    assert rows['conv_seg'][1] >= 99.0, rows  # the sensitivity run finds the layer
+    assert rows['backbone/stem'][1] < 99.0 and rows['scale_heads'][1] < 99.0, rows
+    # each row keeps only its part in float, the others stay quantized (one FakeQuantize op per
+    # quantized layer's input; NNCF stores the weights as int8 constants)
+    total = int(re.search(r'^\| nothing \(all INT8\) \| (\d+) \|', printed.out, re.M).group(1))
+    assert rows['conv_seg'][0] == total - 1 and rows['backbone/stem'][0] == total - 2, rows
 
     kept = tmp_path / 'int8_kept.py'
     kept.write_text(f"_base_ = [{SEG_INT8!r}]\nbackend_config = dict(keep_float=['conv_seg/'])\n")
@@ -216,3 +221,40 @@ def test_int8_without_calibration_or_with_a_pattern_that_matches_nothing(tmp_pat
                                    keep_float=['bbox_head/'])
     with pytest.raises(ValueError, match='needs calibration inputs, got none'):
         runtimes.quantize_openvino(ov.convert_model(onnx), [])
+
+
+def test_graphs_openvino_cannot_run_and_static_evaluation_are_refused(tmp_path):
+    """A graph with an operator outside the ONNX standard (as mmdeploy writes some ops for its
+    own runtimes) is refused naming that operator; --val / evaluate of a static export is
+    refused (mmdeploy resizes every image to the static shape: not the model's metric)."""
+    import onnx
+    from mmdeploy.utils import load_config
+    from onnx import TensorProto, helper
+
+    from mmef.export_check import evaluate
+    node = helper.make_node('MMCVRoiAlign', ['x'], ['y'], domain='mmdeploy')
+    graph = helper.make_graph([node], 'g', [helper.make_tensor_value_info(
+        'x', TensorProto.FLOAT, [1, 3, 8, 8])], [helper.make_tensor_value_info(
+            'y', TensorProto.FLOAT, [1, 3, 8, 8])])
+    path = str(tmp_path / 'custom.onnx')
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid('', 11),
+                                                      helper.make_opsetid('mmdeploy', 1)]), path)
+    with pytest.raises(runtimes.RuntimeUnavailable, match='mmdeploy::MMCVRoiAlign'):
+        runtimes.openvino_model(path)
+    static = load_config(osp.join(ROOT, 'configs/mmdeploy/'
+                                        'segmentation_onnxruntime_static-512x512.py'))[0]
+    with pytest.raises(ValueError, match=r'static deploy config \(512x512\).*_dynamic.py'):
+        evaluate(Config.fromfile(SEG_DEMO), str(tmp_path), 1, deploy_cfg=static,
+                 backend_files=[path])
+
+
+def test_deploy_tool_without_openvino_names_the_install(tmp_path, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, 'openvino', None)
+    image = _image(tmp_path / 'image.jpg', (64, 64), seed=0)
+    ckpt = tmp_path / 'model.pth'
+    torch.save({'state_dict': {}, 'meta': {}}, ckpt)
+    with pytest.raises(SystemExit, match=r'OpenVINO is not importable.*bash scripts/setup.sh'):
+        deploy_tool.main([OV['segmentation'], SEG_DEMO, str(ckpt), image, '--work-dir',
+                          str(tmp_path / 'ov')])
+    assert not osp.exists(tmp_path / 'ov')  # refused before anything was written

@@ -97,45 +97,59 @@ def _convert(args, deploy_cfg, model_cfg, onnx_file, precision):
         return [onnx_file]
     if precision == 'int8':
         calib = deploy_cfg.get('calib_config') or {}
-        count = args.calib or calib.get('num_images', 300)
+        inputs = compat.calibration_inputs(model_cfg, deploy_cfg,
+                                           args.calib or calib.get('num_images', 300),
+                                           args.device)
         path = compat.write_calibration(compat.calibration_path(deploy_cfg, args.work_dir),
-                                        compat.calibration_inputs(model_cfg, deploy_cfg, count,
-                                                                  args.device))
-        print(f'wrote {path}: {count} calibration inputs from the training set')
+                                        inputs)
+        print(f'wrote {path}: {len(inputs)} calibration inputs from the training set')
     files = to_backend(backend, [onnx_file], args.work_dir, deploy_cfg, device=args.device)
     print(f'wrote {files[0]} (OpenVINO {precision})')
     return files
 
 
+def _quantizers(xml):
+    """FakeQuantize operations of an OpenVINO IR: one per quantized layer's input (NNCF stores
+    the weights as int8 constants)."""
+    from mmef.runtimes import import_openvino
+    return sum(op.get_type_name() == 'FakeQuantize'
+               for op in import_openvino().Core().read_model(xml).get_ops())
+
+
 def _sensitivity(args, deploy_cfg, model_cfg, onnx_file, files, num_images):
     """INT8: the task's metric with each part of the model (mmef.mmdeploy_compat.model_parts)
     kept in float and the rest quantized, next to PyTorch's and all-INT8's; prints the table."""
+    import copy
+
     from mmdeploy.apis.utils import to_backend
 
     import mmef.mmdeploy_compat as compat
     from mmef.export_check import evaluate
     work = osp.join(args.work_dir, 'sensitivity')
     calib_file = osp.abspath(compat.calibration_path(deploy_cfg, args.work_dir))
-    rows = [('nothing (PyTorch fp32)', evaluate(model_cfg, osp.join(work, 'pytorch'),
-                                                num_images, args.checkpoint)),
-            ('nothing (all INT8)', evaluate(model_cfg, osp.join(work, 'int8'), num_images,
-                                            deploy_cfg=deploy_cfg, backend_files=files))]
+    rows = [('nothing (PyTorch fp32)', None, evaluate(model_cfg, osp.join(work, 'pytorch'),
+                                                      num_images, args.checkpoint)),
+            ('nothing (all INT8)', _quantizers(files[0]),
+             evaluate(model_cfg, osp.join(work, 'int8'), num_images, deploy_cfg=deploy_cfg,
+                      backend_files=files))]
     for name, pattern in compat.model_parts(onnx_file).items():
-        cfg = deploy_cfg.copy()
+        cfg = copy.deepcopy(deploy_cfg)  # each part alone: the patterns must not accumulate
         cfg.backend_config.keep_float = list(cfg.backend_config.get('keep_float', [])) + [pattern]
         cfg.calib_config = dict(cfg.get('calib_config') or {}, calib_file=calib_file)
         part_dir = osp.join(work, name.replace('/', '_'))
         os.makedirs(part_dir, exist_ok=True)
         part_files = to_backend('openvino', [onnx_file], part_dir, cfg, device=args.device)
-        rows.append((name, evaluate(model_cfg, part_dir, num_images, deploy_cfg=cfg,
-                                    backend_files=part_files)))
-    keys = list(rows[0][1])
+        rows.append((name, _quantizers(part_files[0]),
+                     evaluate(model_cfg, part_dir, num_images, deploy_cfg=cfg,
+                              backend_files=part_files)))
+    keys = list(rows[0][2])
     print(f'INT8 sensitivity on the first {num_images or "all"} test images (points; each row: '
           'that part kept in float, the rest INT8):')
-    print('| kept in float | ' + ' | '.join(keys) + ' |')
-    print('|---|' + '---|' * len(keys))
-    for name, metrics in rows:
-        print(f'| {name} | ' + ' | '.join(f'{metrics[k]:.2f}' for k in keys) + ' |')
+    print('| kept in float | FakeQuantize ops | ' + ' | '.join(keys) + ' |')
+    print('|---|---|' + '---|' * len(keys))
+    for name, quantizers, metrics in rows:
+        print(f'| {name} | {"-" if quantizers is None else quantizers} | ' +
+              ' | '.join(f'{metrics[k]:.2f}' for k in keys) + ' |')
     return rows
 
 
