@@ -53,6 +53,18 @@ def test_space_refuses_archs_outside_it():
         v1.with_widths(min_widths=64, max_widths=32)
 
 
+def test_v2_mlp_ratio_outside_the_space_is_a_violation():
+    import copy
+
+    space = SearchSpace.default('v2')
+    arch = copy.deepcopy(space.arch('s0'))
+    assert space.violations(arch) == []
+    ratios = [list(r) for r in arch['mlp_ratios']]
+    ratios[2][1] = 5
+    arch['mlp_ratios'] = ratios
+    assert space.violations(arch) == [f'MLP ratios [5] are not among {list(space.mlp_ratios)}']
+
+
 def test_random_archs_are_seeded_valid_and_varied():
     for family in ('v1', 'v2'):
         space = SearchSpace.default(family)

@@ -201,3 +201,13 @@ def test_slim_tool_refuses_a_table_of_another_size_or_runtime_and_a_plain_backbo
     with pytest.raises(SystemExit, match='not an EfficientFormerSupernet'):
         slim_tool.main([SEG_DEMO, str(ckpt), '--table', table_file, '--target-ms', '1',
                         '--work-dir', str(tmp_path / 'o')])
+
+
+def test_stops_at_exactly_the_target():
+    """A target equal to a step's predicted latency is reached by that step: slimming stops
+    there (latency <= target), not one step later."""
+    net, table = _supernet(), _table()
+    start = table.predict(net.backbone_arch(net.largest_arch()))
+    first = slim(net, table, 0.95 * start, _score)[1]  # the first action taken
+    steps = slim(net, table, first['latency_ms'], _score)
+    assert len(steps) == 2 and steps[-1]['latency_ms'] == first['latency_ms']

@@ -186,3 +186,31 @@ def test_trains_with_tools_train_and_anneals_the_temperature(tmp_path):
     assert isinstance(backbone, EfficientFormerSupernet)
     assert backbone.tau == pytest.approx(0.5)
     assert all(path.alpha.abs().sum() > 0 for _, _, path in backbone.meta_paths())
+
+
+def test_mixing_weights_divide_by_the_temperature():
+    """softmax((alpha + eps) / tau): [0, 1] at tau 0.5 without noise is softmax([0, 2]); the
+    noise is added before the division (uniform noise u: softmax((alpha + u) / tau))."""
+    alpha = torch.tensor([0., 1.])
+    assert torch.allclose(mixing_weights(alpha, 0.5, 'none'), torch.softmax(
+        torch.tensor([0., 2.]), 0))
+    torch.manual_seed(1)
+    u = torch.rand(2).clamp(1e-10, 1 - 1e-10)
+    torch.manual_seed(1)
+    assert torch.allclose(mixing_weights(alpha, 0.5, 'uniform'), torch.softmax((alpha + u) / 0.5,
+                                                                               0))
+
+
+def test_eval_mode_adds_no_noise():
+    """In eval mode the mixing weights are softmax(alpha / tau): the same output twice, and the
+    output of a supernet with noise='none'; in training mode the noise changes it."""
+    x = torch.randn(1, 3, 64, 96)
+    net = _supernet(seed=4)
+    quiet = _supernet(seed=4, noise='none')
+    with torch.no_grad():
+        first, second, reference = net(x), net(x), quiet(x)
+        for a, b, c in zip(first, second, reference):
+            assert torch.equal(a, b) and torch.equal(a, c)
+        net.train()
+        noisy = net(x)
+    assert any(_rel(a, b) > 1e-3 for a, b in zip(noisy, first))
