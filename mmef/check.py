@@ -168,7 +168,8 @@ def check_deploy_stack():
                         f'nncf {nncf.__version__}')
     except Exception as err:
         msg = _reason(err, 200)
-        problems.append(f'OpenVINO / NNCF do not load ({msg}); fix: {DEPLOY_FIX}')
+        problems.append(f'OpenVINO / NNCF do not load ({msg}); fix: bash scripts/setup.sh (or '
+                        '.venv/bin/pip install -r requirements/openvino.txt)')
     return ('; '.join(versions) or 'no'), problems
 
 

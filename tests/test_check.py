@@ -21,19 +21,21 @@ def test_healthy_environment_passes():
     assert 'yes (NMS ran)' in proc.stdout
     assert 'mmdet, mmseg' in proc.stdout
     assert re.search(r'^deploy stack +onnxruntime [\d.]+ \(session ran\), onnx [\d.]+; '
-                     r'mmdeploy 1\.3\.1 \(mmef\.mmdeploy_compat registered\)$', proc.stdout,
+                     r'mmdeploy 1\.3\.1 \(mmef\.mmdeploy_compat registered\); '
+                     r'openvino 2026\.4\.1\S* \(CPU: [A-Z0-9_, ]+\), nncf 3\.4\.0$', proc.stdout,
                      re.M), proc.stdout
     assert 'all checks passed' in proc.stdout
 
 
 def test_missing_deploy_stack_fails_with_fix():
     proc = run_check("import sys; sys.modules['onnxruntime'] = None; "
-                     "sys.modules['mmdeploy'] = None")
+                     "sys.modules['mmdeploy'] = None; sys.modules['openvino'] = None")
     assert proc.returncode == 1
     assert re.search(r'^deploy stack +no$', proc.stdout, re.M), proc.stdout
     assert 'onnxruntime does not run' in proc.stderr
     assert 'mmdeploy or mmef.mmdeploy_compat does not load' in proc.stderr
     assert 'pip install --no-deps -r requirements/deploy.txt' in proc.stderr
+    assert re.search(r'OpenVINO / NNCF do not load .*requirements/openvino\.txt', proc.stderr)
 
 
 def test_mmcv_without_ops_fails_with_fix():

@@ -10,6 +10,7 @@ mmdet's top 20."""
 import pytest
 import torch
 from mmengine.config import ConfigDict
+from mmengine.registry import DefaultScope
 from mmengine.structures import InstanceData
 
 import mmef  # noqa: F401
@@ -27,8 +28,13 @@ register_all_modules(init_default_scope=False)
 IMG = (120, 152)  # image (H, W): strides 4 and 8 give 30x38 and 15x19 maps
 
 
+def _build(cfg):
+    with DefaultScope.overwrite_default_scope('mmdet'):  # whatever scope earlier tests left
+        return MODELS.build(cfg)
+
+
 def _rpn_head():
-    head = MODELS.build(dict(
+    head = _build(dict(
         type='RPNHead', in_channels=8, feat_channels=8,
         anchor_generator=dict(type='AnchorGenerator', scales=[4], ratios=[1.0],
                               strides=[4, 8]),
@@ -117,7 +123,7 @@ def test_rpn_proposals_are_mmdets(min_bbox_size):
 
 
 def _bbox_head(num_classes=4):
-    head = MODELS.build(dict(
+    head = _build(dict(
         type='Shared2FCBBoxHead', in_channels=8, fc_out_channels=16, roi_feat_size=2,
         num_classes=num_classes, reg_class_agnostic=False,
         bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0.0] * 4,

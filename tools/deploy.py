@@ -116,9 +116,10 @@ def _quantizers(xml):
                for op in import_openvino().Core().read_model(xml).get_ops())
 
 
-def _sensitivity(args, deploy_cfg, model_cfg, onnx_file, files, num_images):
+def _sensitivity(args, deploy_cfg, model_cfg, onnx_file, num_images, reference, int8):
     """INT8: the task's metric with each part of the model (mmef.mmdeploy_compat.model_parts)
-    kept in float and the rest quantized, next to PyTorch's and all-INT8's; prints the table."""
+    kept in float and the rest quantized, next to PyTorch's (``reference``) and all-INT8's
+    (``int8``: (IR file, metrics)); prints the table."""
     import copy
 
     from mmdeploy.apis.utils import to_backend
@@ -127,11 +128,8 @@ def _sensitivity(args, deploy_cfg, model_cfg, onnx_file, files, num_images):
     from mmef.export_check import evaluate
     work = osp.join(args.work_dir, 'sensitivity')
     calib_file = osp.abspath(compat.calibration_path(deploy_cfg, args.work_dir))
-    rows = [('nothing (PyTorch fp32)', None, evaluate(model_cfg, osp.join(work, 'pytorch'),
-                                                      num_images, args.checkpoint)),
-            ('nothing (all INT8)', _quantizers(files[0]),
-             evaluate(model_cfg, osp.join(work, 'int8'), num_images, deploy_cfg=deploy_cfg,
-                      backend_files=files))]
+    rows = [('nothing (PyTorch fp32)', None, reference),
+            ('nothing (all INT8)', _quantizers(int8[0]), int8[1])]
     for name, pattern in compat.model_parts(onnx_file).items():
         cfg = copy.deepcopy(deploy_cfg)  # each part alone: the patterns must not accumulate
         cfg.backend_config.keep_float = list(cfg.backend_config.get('keep_float', [])) + [pattern]
@@ -142,9 +140,9 @@ def _sensitivity(args, deploy_cfg, model_cfg, onnx_file, files, num_images):
         rows.append((name, _quantizers(part_files[0]),
                      evaluate(model_cfg, part_dir, num_images, deploy_cfg=cfg,
                               backend_files=part_files)))
-    keys = list(rows[0][2])
-    print(f'INT8 sensitivity on the first {num_images or "all"} test images (points; each row: '
-          'that part kept in float, the rest INT8):')
+    keys = list(reference)
+    print(f'INT8 sensitivity on the first {num_images} test images (points; each row: that '
+          'part kept in float, the rest INT8):')
     print('| kept in float | FakeQuantize ops | ' + ' | '.join(keys) + ' |')
     print('|---|---|' + '---|' * len(keys))
     for name, quantizers, metrics in rows:
@@ -177,6 +175,13 @@ def main(argv=None):
         sys.exit('--sensitivity ranks the parts of an INT8 model: give an *_openvino-int8_* '
                  'deploy config')
     num_val = args.val if args.val is not None else (50 if precision != 'f32' else 0)
+    if args.sensitivity and not num_val:
+        sys.exit('--sensitivity evaluates on the test images: give --val N (N > 0)')
+    if num_val and not is_dynamic_shape(deploy_cfg):
+        width, height = get_input_shape(deploy_cfg)
+        sys.exit(f'--val: {args.deploy_config} is static ({height}x{width}): mmdeploy resizes '
+                 'every image to that shape, unlike the model config\'s test pipeline, so its '
+                 'metric is not the model\'s; evaluate an export of a *_dynamic.py config')
     model_cfg.model.backbone.pop('init_cfg', None)  # the checkpoint has all weights
     os.makedirs(args.work_dir, exist_ok=True)
     save_file = get_onnx_config(deploy_cfg)['save_file']
@@ -205,16 +210,17 @@ def main(argv=None):
             print(f'{precision} accuracy not checked (--val 0)')
         if num_val:
             work = osp.join(args.work_dir, 'val')
-            figures = compare_metrics(
-                evaluate(model_cfg, osp.join(work, 'pytorch'), num_val, args.checkpoint),
-                evaluate(model_cfg, osp.join(work, 'export'), num_val, deploy_cfg=deploy_cfg,
-                         backend_files=files), precision)
+            reference = evaluate(model_cfg, osp.join(work, 'pytorch'), num_val, args.checkpoint)
+            exported = evaluate(model_cfg, osp.join(work, 'export'), num_val,
+                                deploy_cfg=deploy_cfg, backend_files=files)
+            figures = compare_metrics(reference, exported, precision)
             print(f'metrics on the first {num_val} test images: {_format_metrics(figures, name)}')
             if not figures['passed']:
                 failed.append(f'the {name} model loses more than {figures["tolerance"]} points '
                               'of its task\'s metric')
-        if args.sensitivity:
-            _sensitivity(args, deploy_cfg, model_cfg, path, files, num_val or None)
+            if args.sensitivity:
+                _sensitivity(args, deploy_cfg, model_cfg, path, num_val, reference,
+                             (files[0], exported))
     if failed:
         print(' '.join(failed) + f' {files[0]} is kept for inspection.', file=sys.stderr)
         sys.exit(1)
