@@ -183,9 +183,11 @@ def quantize_openvino(model, inputs, keep_float=(), preset='mixed'):
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
+        # NNCF's default (convolutional) model type: its TRANSFORMER type, which adds
+        # SmoothQuant, lost 1.2 box AP on the L1 demo detector where this lost none
+        # (docs/openvino.md)
         return nncf.quantize(model, nncf.Dataset(list(inputs)), subset_size=len(inputs),
-                             preset=nncf.QuantizationPreset(preset),
-                             model_type=nncf.ModelType.TRANSFORMER, ignored_scope=scope)
+                             preset=nncf.QuantizationPreset(preset), ignored_scope=scope)
     finally:
         logger.setLevel(level)
 
