@@ -6,9 +6,12 @@ Examples:
     bash tools/dist_test.sh CONFIG CKPT 8
     python tools/test.py CONFIG --backend work_dirs/onnx/end2end.onnx \
         --deploy-config configs/mmdeploy/instance-seg_onnxruntime_dynamic.py
+    python tools/test.py CONFIG --backend work_dirs/ov/end2end.xml \
+        --deploy-config configs/mmdeploy/instance-seg_openvino_dynamic.py
 
 With --backend, the file exported by tools/deploy.py is evaluated instead, through mmdeploy's
-backend model (ONNX Runtime), with the config's test dataloader and evaluator.
+backend model (ONNX Runtime's .onnx or OpenVINO's .xml, as the deploy config says), with the
+config's test dataloader and evaluator.
 Prints the metrics and, with --metrics-json, writes them to a file.
 """
 import argparse
