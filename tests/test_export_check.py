@@ -1,6 +1,7 @@
 """mmef.export_check, what tools/deploy.py and the mmdeploy tests judge an export by, on cases
 whose answers are known: twins need the label, box IoU and score all right, each detection of
 the export is used once, and the pass / fail figures follow the stated tolerances."""
+import pytest
 import torch
 from mmengine.structures import InstanceData, PixelData
 from mmseg.structures import SegDataSample
@@ -96,3 +97,19 @@ def test_segmentation_figures():
     labels_only.pred_sem_seg = PixelData(data=logits.argmax(0, keepdim=True))
     figures = compare_segmentation(_seg(logits), labels_only)
     assert figures['logits'] is None and figures['labels'] == 1.0 and figures['passed']
+
+
+def test_precision_tolerance_as_the_tool_uses_it():
+    """tools/deploy.py --val: a drop of exactly the tolerance passes, just beyond fails; gains
+    pass; every metric of the task counts."""
+    from mmef.export_check import PRECISION_TOLERANCE, compare_metrics, metric_points
+    ref = metric_points('mmdet', {'coco/bbox_mAP': 0.356, 'coco/segm_mAP': 0.393})
+    assert ref == {'coco/bbox_mAP': pytest.approx(35.6), 'coco/segm_mAP': pytest.approx(39.3)}
+    for precision, tol in PRECISION_TOLERANCE.items():
+        at = {'coco/bbox_mAP': ref['coco/bbox_mAP'] - tol + 1e-9, 'coco/segm_mAP': 45.0}
+        beyond = {'coco/bbox_mAP': 35.0, 'coco/segm_mAP': ref['coco/segm_mAP'] - tol - 0.01}
+        assert compare_metrics(ref, at, precision)['passed'], precision
+        assert not compare_metrics(ref, beyond, precision)['passed'], precision
+    assert PRECISION_TOLERANCE == {'f32': 0.1, 'bf16': 0.5, 'int8': 1.0}  # the issue's targets
+    with pytest.raises(KeyError, match=r"gave no \['mIoU'\]"):
+        metric_points('mmseg', {'aAcc': 90.0})
