@@ -83,6 +83,21 @@ def test_entry_contexts_and_strided_attention_fixed():
         assert (block.attn.stride_conv is not None) == strided
 
 
+def test_archs_outside_the_space_are_refused_not_predicted():
+    """Depths beyond the space, widths off the step and MLP ratios outside it have no
+    prediction (a new user got 174 ms for V1 depths (3, 2, 40, 4)); widths the table's range
+    lacks stay MissingEntries (their fix: a wider table)."""
+    table = LatencyTable(dict(family='v1', space=SearchSpace.default('v1').to_dict()), {})
+    arch = dict(widths=[48, 96, 224, 448], depths=[3, 2, 40, 4], num_attn_blocks=1)
+    with pytest.raises(ValueError, match=r'stage 3 depth 40 is not in \[1, 18\].*does not '
+                                         'extrapolate'):
+        table.predict(arch)
+    with pytest.raises(ValueError, match='stage 3 width 232 is not a multiple of 16'):
+        table.predict(dict(arch, depths=[3, 2, 6, 4], widths=[48, 96, 232, 448]))
+    with pytest.raises(MissingEntries):
+        table.predict(dict(arch, depths=[3, 2, 6, 4]))  # inside the space, the entries missing
+
+
 def test_random_archs_are_seeded_valid_and_varied():
     for family in ('v1', 'v2'):
         space = SearchSpace.default(family)

@@ -121,6 +121,11 @@ class LatencyTable:
         """Counter {Entry: count} of the arch; raises :class:`MissingEntries` listing the entries
         the table lacks (never extrapolates)."""
         arch = self.arch(arch)
+        outside = self._outside_space(arch)
+        if outside:
+            raise ValueError(f'arch outside the search space of the table ({"; ".join(outside)}): '
+                             'a table predicts the archs of the space it was built for, whose '
+                             'blocks it timed in their context; it does not extrapolate')
         used = arch_entries(self.family, arch, out_indices)
         missing = sorted(e.key for e in used if e.key not in self.entries)
         if missing:
@@ -131,6 +136,17 @@ class LatencyTable:
                 f'{lo}..{hi} per stage; arch widths {list(arch["widths"])}). Build a table that '
                 'covers them (tools/latency_table.py build --min-widths / --max-widths)')
         return used
+
+    def _outside_space(self, arch):
+        """What of ``arch`` no table of its family can have: widths off the step, depths
+        beyond the space's, MLP ratios not in it (widths outside this table's range are
+        :class:`MissingEntries`, whose fix is a wider table)."""
+        space = self.space
+        out = [f'stage {i + 1} width {w} is not a multiple of {space.step}'
+               for i, w in enumerate(arch['widths']) if w % space.step]
+        out += [f'stage {i + 1} depth {d} is not in [1, {space.max_depths[i]}]'
+                for i, d in enumerate(arch['depths']) if not 1 <= d <= space.max_depths[i]]
+        return out + [v for v in space.violations(arch) if v.startswith('MLP ratios')]
 
     def predict(self, arch, out_indices=(0, 1, 2, 3), stat='ms'):
         """Predicted milliseconds of the deployed backbone: the sum of its entries' medians
