@@ -481,3 +481,15 @@ def test_count_work_and_floor(capsys):
     tool.main(['floor', '--models', 'l1', 'v2s0', '--size', '64', '96', '--threads', '1'])
     out = capsys.readouterr().out
     assert '| l1 | 64x96 |' in out and '| v2s0 | 64x96 |' in out and 'GFLOP/s' in out
+
+
+def test_cli_bad_archs_are_one_line_errors(tmp_path):
+    """A malformed JSON arch, a V2 arch without mlp_ratios and a V1 arch outside the space: the
+    tool exits with one line naming the problem, no traceback."""
+    path = str(tmp_path / 't.json')
+    LatencyTable(dict(family='v2', space=SearchSpace.default('v2').to_dict()), {}).save(path)
+    with pytest.raises(SystemExit, match='is not valid JSON'):
+        tool.main(['predict', path, '--arch', '{"widths": [32'])
+    with pytest.raises(SystemExit, match=r"missing keys: \['mlp_ratios'\]"):
+        tool.main(['predict', path, '--arch', json.dumps(dict(
+            widths=[32, 48, 96, 176], depths=[2, 2, 6, 4], num_attn_blocks=2))])

@@ -34,7 +34,13 @@ sys.path.insert(0, ROOT)
 
 def _arch(text):
     text = text.strip()
-    return json.loads(text) if text.startswith('{') else text
+    if not text.startswith('{'):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f'an arch is a released name or a JSON dict; {text!r} is not valid '
+                         f'JSON ({e})')
 
 
 def _hw(text):
@@ -323,7 +329,8 @@ def main(argv=None):
     from mmef.runtimes import RuntimeUnavailable
     try:
         args.func(args)
-    except (TableMismatch, MissingEntries, RuntimeUnavailable, FileExistsError) as e:
+    except (TableMismatch, MissingEntries, RuntimeUnavailable, FileExistsError,
+            ValueError) as e:  # what the tool and mmef.latency refuse, with the reason
         raise SystemExit(f'error: {e}')
 
 
