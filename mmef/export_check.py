@@ -151,26 +151,34 @@ def metric_points(scope, metrics):
     return {key: float(metrics[key]) * scale for key in TASK_METRICS[scope]}
 
 
+def check_evaluable(deploy_cfg):
+    """Raises ValueError for a static deploy config: mmdeploy resizes every image to its shape,
+    unlike the model config's test pipeline, so the metric of its export is not the model's."""
+    from mmdeploy.utils import get_input_shape, is_dynamic_shape
+    if not is_dynamic_shape(deploy_cfg):
+        width, height = get_input_shape(deploy_cfg)
+        raise ValueError(
+            f'a static deploy config ({height}x{width}) resizes every image to that shape, '
+            'unlike the model config\'s test pipeline, so its metric is not the model\'s: '
+            'evaluate an export made with a *_dynamic.py deploy config')
+
+
 def evaluate(cfg, work_dir, num_images=None, checkpoint=None, deploy_cfg=None,
              backend_files=None):
     """The task's metrics in points on the first ``num_images`` images (all when None) of the
     config's test dataloader: of ``checkpoint`` (mmdet's / mmseg's PyTorch model) or of the
-    exported ``backend_files`` through mmdeploy's backend model (``deploy_cfg``). ``cfg`` is
-    not modified. Import mmef.mmdeploy_compat first for exported files."""
+    exported ``backend_files`` through mmdeploy's backend model (``deploy_cfg``, dynamic:
+    :func:`check_evaluable`). ``cfg`` is not modified. Import mmef.mmdeploy_compat first for
+    exported files."""
+    import copy
+
     from .engine import build_runner, check_dataset
-    if backend_files:
-        from mmdeploy.utils import get_input_shape, is_dynamic_shape
-        if not is_dynamic_shape(deploy_cfg):
-            width, height = get_input_shape(deploy_cfg)
-            raise ValueError(
-                f'a static deploy config ({height}x{width}) resizes every image to that shape, '
-                'unlike the model config\'s test pipeline, so its metric is not the model\'s: '
-                'evaluate an export made with a *_dynamic.py deploy config')
-    cfg = cfg.copy()
+    cfg = copy.deepcopy(cfg)  # Config.copy is shallow: the dataloader settings below are nested
     cfg.work_dir = work_dir
     if num_images:
         cfg.test_dataloader.dataset.indices = int(num_images)
     if backend_files:
+        check_evaluable(deploy_cfg)
         runner = build_backend_runner(cfg, deploy_cfg, backend_files)
     else:
         cfg.load_from = checkpoint

@@ -545,9 +545,7 @@ def _register_openvino():
             if device != 'cpu':
                 raise ValueError(f"mmef's OpenVINO backend runs on the CPU, got {device!r}")
             precision = 'f32' if deploy_cfg is None else openvino_precision(deploy_cfg)
-            # an INT8 IR holds its quantization; what is left in float runs f32
-            return OpenVINOWrapper(backend_files[0], output_names,
-                                   'f32' if precision == 'int8' else precision)
+            return OpenVINOWrapper(backend_files[0], output_names, precision)
 
         @classmethod
         def get_version(cls):

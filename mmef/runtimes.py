@@ -22,8 +22,10 @@ The OpenVINO functions here (:func:`openvino_model`, :func:`quantize_openvino`,
 Exported runtimes are checked against PyTorch on the example before anything is timed
 (:data:`RUNTIME_TOL`); a wrong export is an error, never a timing.
 """
+import logging
 import os
 import platform
+import re
 import tempfile
 import time
 
@@ -96,7 +98,12 @@ def check_available(runtime, device='cpu'):
             raise RuntimeUnavailable('the onnxruntime runtime needs onnxruntime: '
                                      'pip install onnxruntime')
     if runtime.startswith('openvino'):
-        check_openvino(runtime.partition('-')[2] or 'f32')
+        check_openvino(runtime_precision(runtime))
+
+
+def runtime_precision(runtime):
+    """'f32', 'bf16' or 'int8': the precision a runtime name of :data:`RUNTIMES` asks for."""
+    return runtime.partition('-')[2] or 'f32'
 
 
 def import_openvino():
@@ -167,7 +174,6 @@ def quantize_openvino(model, inputs, keep_float=(), preset='mixed'):
     import nncf
     if not len(inputs):
         raise ValueError('INT8 quantization needs calibration inputs, got none')
-    import re
     quantized_types = {'Convolution', 'GroupConvolution', 'MatMul'}
     ops = list(model.get_ops())
     others = sorted({op.get_type_name() for op in ops} - quantized_types)
@@ -178,7 +184,6 @@ def quantize_openvino(model, inputs, keep_float=(), preset='mixed'):
                          f'layers are named like {layers[:3]})')
     scope = nncf.IgnoredScope(types=others, patterns=[f'.*(?:{p})' for p in keep_float],
                               validate=False)
-    import logging
     logger = logging.getLogger('nncf')  # one INFO line per layer it leaves alone
     level = logger.level
     logger.setLevel(logging.WARNING)
@@ -196,8 +201,9 @@ def compile_openvino(model, precision='f32', threads=None):
     """``model`` (openvino.Model or IR / ONNX path) compiled by OpenVINO's CPU plugin for
     latency. ``precision`` is the inference precision of what is not quantized: 'f32' (set
     explicitly: on CPUs with bf16 kernels OpenVINO picks bf16 by default), 'bf16', or 'int8'
-    (an INT8 model from :func:`quantize_openvino`; its float part runs f32)."""
-    check_openvino(precision)
+    (an INT8 model from :func:`quantize_openvino`; its float part runs f32; running it needs
+    no NNCF)."""
+    check_openvino('f32' if precision == 'int8' else precision)
     config = {'INFERENCE_PRECISION_HINT': 'bf16' if precision == 'bf16' else 'f32',
               'PERFORMANCE_HINT': 'LATENCY'}
     if threads:
@@ -216,8 +222,8 @@ def runtime_info(runtime, device='cpu', threads=None):
         version = openvino.__version__
     info = dict(runtime=runtime, runtime_version=version, torch_version=torch.__version__,
                 device=device, threads=threads or torch.get_num_threads(),
-                dtype=('bf16' if runtime.endswith('bf16') else
-                       'int8' if runtime.endswith('int8') else 'fp32'), cpu=cpu_info(),
+                dtype=dict(f32='fp32').get(runtime_precision(runtime),
+                                           runtime_precision(runtime)), cpu=cpu_info(),
                 allocator=allocator_state() if runtime.startswith('torch') else
                 f'{runtime} arena')
     if device == 'cuda':
@@ -325,7 +331,7 @@ def compile_module(module, example, runtime='torch', device='cpu', threads=None,
             return out[0] if single else tuple(out)
         tol = RUNTIME_TOL['f32']
     else:
-        precision = runtime.partition('-')[2] or 'f32'
+        precision = runtime_precision(runtime)
         model = openvino_model(path)
         if precision == 'int8':
             gen = torch.Generator().manual_seed(0)

@@ -278,10 +278,6 @@ def backbone_runner(name, size, batch, device, fp16):
     return run
 
 
-WHOLE_EXPORTS = dict(ort=('onnxruntime', 'f32'), ov=('openvino', 'f32'),
-                     **{'ov-bf16': ('openvino', 'bf16'), 'ov-int8': ('openvino', 'int8')})
-
-
 def exported_whole_runner(task, name, size, batch):
     """``NAME:ort`` / ``:ov`` / ``:ov-bf16`` / ``:ov-int8`` of the detector and segmentor
     tasks: the model exported by mmdeploy with mmef's deploy config of the task
@@ -297,11 +293,12 @@ def exported_whole_runner(task, name, size, batch):
     from mmdeploy.utils import load_config
 
     import mmef.mmdeploy_compat as compat
+    from mmef.runtimes import runtime_precision
     base, _, suffix = name.partition(':')
-    if suffix not in WHOLE_EXPORTS:
+    if suffix not in EXPORTED:
         raise ValueError(f'unknown suffix {suffix!r} in {name!r}; whole models take '
-                         f'{sorted(WHOLE_EXPORTS)}')
-    backend, precision = WHOLE_EXPORTS[suffix]
+                         f'{sorted(EXPORTED)}')
+    backend, precision = EXPORTED[suffix].partition('-')[0], runtime_precision(EXPORTED[suffix])
     arch = base.partition('-')[0]
     work = tempfile.mkdtemp(prefix='mmef-bench-')
     ckpt = os.path.join(work, 'model.pth')

@@ -161,7 +161,7 @@ def main(argv=None):
                                 is_dynamic_shape, load_config)
     from mmef import runtimes
     from mmef.checkpoint import load_file
-    from mmef.export_check import check_export, compare_metrics, evaluate
+    from mmef.export_check import check_evaluable, check_export, compare_metrics, evaluate
     load_file(args.checkpoint)  # clear errors for a missing, corrupt or unsafe file
     deploy_cfg, model_cfg = load_config(args.deploy_config, args.model_config)
     backend = get_backend(deploy_cfg).value
@@ -177,11 +177,11 @@ def main(argv=None):
     num_val = args.val if args.val is not None else (50 if precision != 'f32' else 0)
     if args.sensitivity and not num_val:
         sys.exit('--sensitivity evaluates on the test images: give --val N (N > 0)')
-    if num_val and not is_dynamic_shape(deploy_cfg):
-        width, height = get_input_shape(deploy_cfg)
-        sys.exit(f'--val: {args.deploy_config} is static ({height}x{width}): mmdeploy resizes '
-                 'every image to that shape, unlike the model config\'s test pipeline, so its '
-                 'metric is not the model\'s; evaluate an export of a *_dynamic.py config')
+    if num_val:
+        try:
+            check_evaluable(deploy_cfg)
+        except ValueError as e:
+            sys.exit(f'--val: {args.deploy_config}: {e}')
     model_cfg.model.backbone.pop('init_cfg', None)  # the checkpoint has all weights
     os.makedirs(args.work_dir, exist_ok=True)
     save_file = get_onnx_config(deploy_cfg)['save_file']
