@@ -26,6 +26,7 @@ import logging
 import os
 import platform
 import re
+import statistics
 import tempfile
 import time
 
@@ -400,6 +401,54 @@ def allocator_state():
     if _ALLOCATOR['kept']:
         return 'kept (mmef.runtimes.keep_freed_memory)'
     return f'environment {env}' if env else 'glibc default'
+
+
+BUSY_SPREAD = 2.0
+
+
+class BusyMachine(RuntimeError):
+    """Timings too spread out to be a quiet machine's: other processes share the cores."""
+
+
+def spread(times):
+    """Ratio of the third to the first quartile of ``times`` (1.0 for fewer than 2 runs)."""
+    if len(times) < 2:
+        return 1.0
+    q1, _, q3 = statistics.quantiles(times, n=4, method='inclusive')
+    return q3 / q1 if q1 > 0 else float('inf')
+
+
+def busy(times, limit=BUSY_SPREAD):
+    """{label: (q1, q3)} of the labels of ``times`` ({label: [runs]}) whose runs spread
+    beyond ``limit`` (q3 > limit * q1). On a quiet machine the quartiles of repeated runs of
+    one model differ by a few per cent; load from other processes lands on some runs and not
+    on others (measured here: runs of one entry from 0.75 to 59 ms). ``limit`` 0 (or None)
+    checks nothing."""
+    if not limit:
+        return {}
+    out = {}
+    for label, ts in times.items():
+        if spread(ts) > limit:
+            q1, _, q3 = statistics.quantiles(ts, n=4, method='inclusive')
+            out[label] = (q1, q3)
+    return out
+
+
+def busy_message(what, spreads, limit, unit=1.0):
+    """The reason a timing was not kept: ``spreads`` from :func:`busy` (times in seconds
+    times ``unit`` = ms), the limit, and the load average of the machine."""
+    worst = sorted(spreads.items(), key=lambda kv: kv[1][0] / kv[1][1])[:4]
+    runs = '; '.join(f'{label}: quartiles {q1 * unit:.2f} .. {q3 * unit:.2f} ms '
+                     f'({q3 / q1:.1f}x)' for label, (q1, q3) in worst)
+    try:
+        load = ', load average {:.1f} / {:.1f} / {:.1f}'.format(*os.getloadavg())
+    except OSError:
+        load = ''
+    return (f'the machine is busy: the runs of {what} spread beyond {limit:g}x between their '
+            f'quartiles ({runs}{" ..." if len(spreads) > 4 else ""}){load} on '
+            f'{os.cpu_count()} CPUs. Timings taken now would measure the other processes: '
+            'stop them (or wait) and run again; pass a larger --busy-spread only if this spread '
+            'is the runtime\'s own')
 
 
 def timer(device='cpu'):

@@ -256,10 +256,13 @@ def test_interrupted_build_resumes_without_retiming(tmp_path, monkeypatch):
 
     monkeypatch.setattr(table_module, 'time_entry', flaky)
     out = tmp_path / 'r.json'
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match=r'interrupted: 4 of \d+ entries are kept in '
+                       r'.*r\.json\.partial; the same command resumes there'):
         tiny_table(tmp_path, name='r.json', space=space)
     assert not out.exists()
-    partial = LatencyTable.load(str(out) + '.partial')
+    with pytest.raises(ValueError, match='is an interrupted build .4 entries., not a finished'):
+        LatencyTable.load(str(out) + '.partial')
+    partial = LatencyTable.load(str(out) + '.partial', partial=True)
     assert sorted(partial.entries) == sorted(timed)
     first = dict(partial.entries)
     # other settings are refused, not mixed into the interrupted build
@@ -487,7 +490,8 @@ def test_cli_bad_archs_are_one_line_errors(tmp_path):
     """A malformed JSON arch, a V2 arch without mlp_ratios and a V1 arch outside the space: the
     tool exits with one line naming the problem, no traceback."""
     path = str(tmp_path / 't.json')
-    LatencyTable(dict(family='v2', space=SearchSpace.default('v2').to_dict()), {}).save(path)
+    LatencyTable(dict(family='v2', space=SearchSpace.default('v2').to_dict(), finished='-'),
+                 {}).save(path)
     with pytest.raises(SystemExit, match='is not valid JSON'):
         tool.main(['predict', path, '--arch', '{"widths": [32'])
     with pytest.raises(SystemExit, match=r"missing keys: \['mlp_ratios'\]"):

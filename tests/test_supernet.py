@@ -139,12 +139,12 @@ def test_initialises_from_an_efficientformer_file(tmp_path):
 @pytest.mark.parametrize('change, message', [
     (dict(widths=(40, 64, 160, 256)), 'multiple of 16'),
     (dict(widths=(32, 64, 160, 464)), r'multiple of 16 in \[16, 448\]'),
-    (dict(blocks=(('identity',) * 3,) + SUB['blocks'][1:]), 'stage 0 must keep'),
+    (dict(blocks=(('identity',) * 3,) + SUB['blocks'][1:]), 'stage 1 must keep'),
     (dict(blocks=SUB['blocks'][:3] + (('mb3d', 'identity', 'mb4d', 'mb3d'),)),
-     'block 0 of stage 3 chooses from'),
+     'block 1 of stage 4 chooses from'),
     (dict(blocks=SUB['blocks'][:2] + (('mb3d',) * 6,) + SUB['blocks'][3:]),
-     'block 0 of stage 2 chooses from'),
-    (dict(blocks=SUB['blocks'][:3] + (('mb4d', 'identity'),)), 'stage 3 has 4 blocks'),
+     'block 1 of stage 3 chooses from'),
+    (dict(blocks=SUB['blocks'][:3] + (('mb4d', 'identity'),)), 'stage 4 has 4 blocks'),
 ])
 def test_invalid_subnets_are_refused(change, message):
     with pytest.raises(ValueError, match=message):

@@ -53,6 +53,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from mmef.runtimes import BUSY_SPREAD  # noqa: E402
+
 DEFAULT_SIZES = dict(backbone=(800, 1344), detector=(800, 1333), segmentor=(512, 512),
                      train=(800, 1333), attention=(800, 1344))
 DEFAULT_BATCH = dict(backbone=1, detector=1, segmentor=1, train=2, attention=1)
@@ -429,13 +431,20 @@ def benchmark(args):
     for run in runners.values():
         for _ in range(args.warmup):
             run()
-    from mmef.runtimes import timer
+    from mmef.runtimes import BusyMachine, busy, busy_message, timer
     clock = timer(device.type)
-    times = {name: [] for name in runners}
-    for _ in range(args.runs):
-        for name, run in runners.items():
-            times[name].append(clock(run)[0])
-    return times
+    for attempt in range(2):  # a machine busy with other processes: once more, then stop
+        times = {name: [] for name in runners}
+        for _ in range(args.runs):
+            for name, run in runners.items():
+                times[name].append(clock(run)[0])
+        spreads = busy(times, args.busy_spread)
+        if not spreads:
+            return times
+        message = busy_message(', '.join(spreads), spreads, args.busy_spread, unit=1e3)
+        if attempt == 0:
+            print(message.split('. ')[0] + ': timing again', file=sys.stderr, flush=True)
+    raise BusyMachine(message)
 
 
 def report(args, times, memory):
@@ -499,6 +508,10 @@ def parse_args(argv=None):
     parser.add_argument('--memory', action='store_true',
                         help='also peak memory, one fresh subprocess per model')
     parser.add_argument('--memory-child', action='store_true', help=argparse.SUPPRESS)
+    parser.add_argument('--busy-spread', type=float, default=BUSY_SPREAD,
+                        help='the machine counts as busy when the runs of a model spread beyond '
+                        'this ratio of quartiles (q3 / q1): timed again once, then the tool stops '
+                        'with that reason; 0 checks nothing')
     parser.add_argument('--keep-freed-memory', action='store_true',
                         help='keep freed buffers in the heap (mmef.runtimes.keep_freed_memory, '
                         'process-wide; compare with a run without it, see docs/latency.md)')
@@ -531,7 +544,11 @@ def main(argv=None):
             raise SystemExit('--keep-freed-memory needs glibc (mallopt); not found here')
     if args.memory_child:
         return measure_memory_child(args)
-    times = benchmark(args)
+    from mmef.runtimes import BusyMachine
+    try:
+        times = benchmark(args)
+    except BusyMachine as e:
+        raise SystemExit(f'error: {e}')
     memory = {name: measure_memory(args, name) for name in args.models} if args.memory else {}
     report(args, times, memory)
 

@@ -4,11 +4,15 @@ Subcommands:
   build     time every block the search space can use (deployed, at the map size of its stage)
             on a runtime and write the table (JSON); resumes an interrupted build; re-times
             the entries that stand out from their neighbours (a burst of load from elsewhere)
-  retime    that last step again on a finished table
+            and ends by timing a few whole backbones: the table's own check, stored in it
+  check     that check again (or for the first time) on a finished table
+  retime    the re-timing of outlying entries again on a finished table
   predict   predicted latency of a backbone (a released name or a JSON arch dict) and its parts
   study     predicted against measured whole deployed backbones: the released variants and
             seeded random archs of the search space; writes the rows and the summary (JSON)
   sweep     measured whole deployed backbones at several input sizes (V1, V2, mmdet ResNet-50)
+  observe   the paper's four latency observations (patch embedding vs conv stem, reshapes and
+            pool vs attention, Conv-BN vs LayerNorm / GroupNorm, activations) timed here
   floor     a lower bound of a deployed backbone's time here: its GEMM / conv flops, GELU and
             softmax elements at this host's best measured rates (nothing else counted)
   report    figures (PNG) and markdown tables from tables, studies and sweeps
@@ -21,6 +25,8 @@ Examples:
       --arch '{"widths": [48, 96, 224, 448], "depths": [3, 2, 6, 4], "num_attn_blocks": 1}'
   python tools/latency_table.py study work_dirs/lut_v1_800x1344.json --random 20 \\
       --out work_dirs/study_v1_800x1344.json
+  python tools/latency_table.py observe --size 800 1344 --runtime onnxruntime \\
+      --out work_dirs/observe_onnxruntime.json
   python tools/latency_table.py report work_dirs/*.json --out-dir docs/latency
 """
 import argparse
@@ -63,14 +69,63 @@ def cmd_build(args):
     space = SearchSpace.default(args.family).with_widths(_widths(args.min_widths),
                                                         _widths(args.max_widths))
     keys = None
+    check = dict(random=args.check_random, runs=args.check_runs)
     if args.archs is not None or args.random:
-        archs = [space.check(_arch(a)) for a in args.archs or []]
-        archs += space.random_archs(args.random, args.seed)
-        keys = sorted({e.key for a in archs for e in arch_entries(args.family, a)})
+        given = [space.check(_arch(a)) for a in args.archs or []]
+        randoms = space.random_archs(args.random, args.seed)
+        keys = sorted({e.key for a in given + randoms for e in arch_entries(args.family, a)})
+        check.update(archs=given + randoms[:args.check_random], random=0)
     table = build_table(args.family, tuple(args.size), args.out, args.runtime, args.device,
                         args.threads, args.batch, args.runs, args.warmup, space, keys,
-                        progress=not args.no_progress, overwrite=args.overwrite)
+                        progress=not args.no_progress, overwrite=args.overwrite,
+                        busy_spread=args.busy_spread, check=check)
     print(f'{args.out}: {table.describe()}')
+    _print_check(table)
+
+
+def _print_check(table):
+    """The table's own check (whole backbones timed after its build) and what it misses."""
+    from mmef.latency.report import spearman_text
+    check = table.meta['check']
+    print(f"check ({check['date']}, {check['runs']} runs of each whole deployed backbone):")
+    print('| arch | predicted ms | measured ms | error |\n|---|---|---|---|')
+    for r in check['rows']:
+        print(f"| {r['label']} | {r['predicted_ms']:.1f} | {r['measured_ms']:.1f} | "
+              f"{100 * r['error']:+.1f} % |")
+    s = check['summary']
+    print(f"{s['n']} archs: median |error| {100 * s['median_abs_error']:.1f} %, worst "
+          f"{100 * s['worst_abs_error']:.1f} %, Spearman {spearman_text(s)}: "
+          + (f"MISSES the targets ({'; '.join(check['misses'])})" if check['misses']
+             else 'within the targets'))
+
+
+def cmd_check(args):
+    import torch
+
+    from mmef.latency import LatencyTable
+    from mmef.latency.measure import check_archs, self_check
+    table = LatencyTable.load(args.table)
+    torch.set_num_threads(table.meta['threads'])
+    archs = check_archs(table, args.archs, args.random)
+    if not archs:
+        raise ValueError(f'{args.table} has the entries of none of the archs to check with')
+    old = table.meta.get('check')
+    self_check(table, archs, args.runs, args.warmup,
+               progress=None if args.no_progress else
+               (lambda s: print(f'  {s}', file=sys.stderr, flush=True)),
+               busy_spread=args.busy_spread)
+    table.save(args.table)
+    print(f'{args.table}: {table.describe()}')
+    if old:
+        print(f"(replaces the check of {old['date']}: median |error| "
+              f"{100 * old['summary']['median_abs_error']:.1f} %, worst "
+              f"{100 * old['summary']['worst_abs_error']:.1f} %)")
+    _print_check(table)
+
+
+def _warn(table):
+    for w in table.warnings():
+        print(f'warning: {w}', file=sys.stderr)
 
 
 def cmd_retime(args):
@@ -98,6 +153,7 @@ def cmd_predict(args):
     out_indices = tuple(args.out_indices)
     parts = table.breakdown(_arch(args.arch), out_indices)
     print(table.describe())
+    _warn(table)
     print(f'predicted: {parts["total"]:.2f} ms')
     print('per stage: ' + ', '.join(f'{s}: {v:.2f}' for s, v in sorted(parts['per_stage'].items())))
     print('per kind:  ' + ', '.join(f'{k}: {v:.2f}' for k, v in parts['per_kind'].items()))
@@ -112,15 +168,18 @@ def cmd_study(args):
 
     from mmef.latency import LatencyTable
     from mmef.latency.measure import arch_label, prediction_study
+    from mmef.latency.report import spearman_text
     table = LatencyTable.load(args.table)
     torch.set_num_threads(table.meta['threads'])
+    _warn(table)
     space = table.space
     archs = {name: name for name in (args.archs or [])}
     for arch in space.random_archs(args.random, args.seed):
         archs[arch_label(arch)] = arch
     result = prediction_study(table, archs, args.runs, args.warmup,
                               progress=lambda s: print(f'  {s}', file=sys.stderr, flush=True),
-                              paired=args.paired, entry_runs=args.entry_runs)
+                              paired=args.paired, entry_runs=args.entry_runs,
+                              busy_spread=args.busy_spread)
     result['seed'] = args.seed
     print(result['table'] + (' (paired: entries timed again before each round)'
                              if args.paired else ''))
@@ -130,10 +189,10 @@ def cmd_study(args):
               f"{100 * r['error']:+.1f} % |")
     s = result['summary']
     print(f"{s['n']} archs: median |error| {100 * s['median_abs_error']:.1f} %, worst "
-          f"{100 * s['worst_abs_error']:.1f} %, Spearman {s['spearman']:.3f} (medians); "
+          f"{100 * s['worst_abs_error']:.1f} %, Spearman {spearman_text(s)} (medians); "
           f"{100 * s['minima']['median_abs_error']:.1f} %, "
-          f"{100 * s['minima']['worst_abs_error']:.1f} %, {s['minima']['spearman']:.3f} "
-          f"(fastest runs)")
+          f"{100 * s['minima']['worst_abs_error']:.1f} %, "
+          f"{spearman_text(dict(s['minima'], n=s['n']))} (fastest runs)")
     if args.out:
         _write_json(args.out, dict(kind='study', **result))
 
@@ -155,7 +214,7 @@ def cmd_sweep(args):
     for hw in args.sizes:
         print(f'input {hw[0]}x{hw[1]}', file=sys.stderr, flush=True)
         times = measure_models(models, hw, args.runtime, args.device, args.threads, 1,
-                               args.runs, args.warmup)
+                               args.runs, args.warmup, busy_spread=args.busy_spread)
         for name, ts in times.items():
             rows.append(dict(model=name, input_size=list(hw), ms=statistics.median(ts)))
             print(f'| {name} | {hw[0]}x{hw[1]} | {rows[-1]["ms"]:.1f} |')
@@ -186,6 +245,24 @@ def cmd_floor(args):
               f"{c['depthwise'] / 1e9:.2f} | {c['gelu'] / 1e6:.0f} | {c['softmax'] / 1e6:.0f} | "
               f"{1e3 * total:.0f} ({1e3 * parts['gemm_conv']:.0f} + {1e3 * parts['gelu']:.0f} + "
               f"{1e3 * parts['softmax']:.0f}) |")
+
+
+def cmd_observe(args):
+    from mmef.latency.observe import observe
+    result = observe(tuple(args.size), args.runtime, args.device, args.threads, 1, args.runs,
+                     args.warmup, progress=None if args.no_progress else
+                     (lambda s: print(f'  {s}', file=sys.stderr, flush=True)),
+                     busy_spread=args.busy_spread, only=args.only)
+    m = result['meta']
+    print(f"input {args.size[0]}x{args.size[1]}, {m['runtime']} {m['runtime_version']} "
+          f"({m['dtype']}), {m['cpu']['model']}, {m['threads']} threads")
+    for obs in result['observations']:
+        print(f"\n({obs['number']}) {obs['claim']}\n    holds here: "
+              f"{'yes' if obs['holds'] else 'NO'} ({obs['rule']})")
+        for r in obs['rows']:
+            print(f"    {r['label']:<48} {r['ms']:9.2f} ms  {r['ratio']:5.2f}x")
+    if args.out:
+        _write_json(args.out, result)
 
 
 def cmd_report(args):
@@ -237,7 +314,26 @@ def parse_args(argv=None):
     b.add_argument('--glibc-default', dest='keep_freed_memory', action='store_false',
                    help='time with glibc\'s default heap (see docs/latency.md; the default '
                    'keeps freed buffers, mmef.runtimes.keep_freed_memory)')
+    b.add_argument('--check-random', type=int, default=3,
+                   help='the build ends by timing whole backbones and storing the table\'s '
+                   'errors on them: the released variants and N random archs (seed 1000); '
+                   'with --archs / --random: the --archs and the first N random ones')
+    b.add_argument('--check-runs', type=int, default=5, help='timed runs of each in that check')
+    _busy_option(b)
     b.set_defaults(func=cmd_build)
+
+    c = sub.add_parser('check', help='time whole backbones and store the table\'s errors on '
+                       'them in the table (what build does at its end)')
+    c.add_argument('table')
+    c.add_argument('--archs', nargs='*', default=None, metavar='NAME',
+                   help='released variants (default: all of the family)')
+    c.add_argument('--random', type=int, default=3, help='random archs (seed 1000)')
+    c.add_argument('--runs', type=int, default=5)
+    c.add_argument('--warmup', type=int, default=2)
+    c.add_argument('--no-progress', action='store_true')
+    c.add_argument('--glibc-default', dest='keep_freed_memory', action='store_false')
+    _busy_option(c)
+    c.set_defaults(func=cmd_check)
 
     t = sub.add_parser('retime', help='re-time the entries that stand out from their '
                        'neighbours (build does this at its end)')
@@ -279,6 +375,7 @@ def parse_args(argv=None):
     s.add_argument('--glibc-default', dest='keep_freed_memory', action='store_false',
                    help='measure with glibc\'s default heap (refused for a table built '
                    'otherwise)')
+    _busy_option(s)
     s.set_defaults(func=cmd_study)
 
     w = sub.add_parser('sweep', help='whole backbones at several input sizes')
@@ -294,6 +391,7 @@ def parse_args(argv=None):
     w.add_argument('--warmup', type=int, default=2)
     w.add_argument('--out', required=True)
     w.add_argument('--glibc-default', dest='keep_freed_memory', action='store_false')
+    _busy_option(w)
     w.set_defaults(func=cmd_sweep)
 
     f = sub.add_parser('floor', help='a lower bound of deployed backbones\' time here')
@@ -303,6 +401,22 @@ def parse_args(argv=None):
     f.add_argument('--threads', type=int, default=2)
     f.set_defaults(func=cmd_floor)
 
+    o = sub.add_parser('observe', help='the paper\'s four latency observations, timed here '
+                       '(controlled pairs of modules at dense-prediction map sizes)')
+    o.add_argument('--size', nargs=2, type=int, metavar=('H', 'W'), default=[800, 1344])
+    o.add_argument('--runtime', choices=RUNTIMES, default='torch')
+    o.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
+    o.add_argument('--threads', type=int, default=2)
+    o.add_argument('--runs', type=int, default=10)
+    o.add_argument('--warmup', type=int, default=3)
+    o.add_argument('--only', nargs='+', choices=['stem', 'reshape', 'mixer', 'norm', 'act'],
+                   help='only these observations')
+    o.add_argument('--out', help='write the result (JSON) for report')
+    o.add_argument('--no-progress', action='store_true')
+    o.add_argument('--glibc-default', dest='keep_freed_memory', action='store_false')
+    _busy_option(o)
+    o.set_defaults(func=cmd_observe)
+
     r = sub.add_parser('report', help='figures and tables for docs/latency.md')
     r.add_argument('inputs', nargs='+', help='tables, study and sweep files')
     r.add_argument('--out-dir', default='docs/latency')
@@ -311,6 +425,14 @@ def parse_args(argv=None):
     if args.command == 'study' and args.archs is None:
         args.archs = sorted(_released_names(args.table))
     return args
+
+
+def _busy_option(parser):
+    from mmef.runtimes import BUSY_SPREAD
+    parser.add_argument('--busy-spread', type=float, default=BUSY_SPREAD,
+                        help='the machine counts as busy when the runs of one entry or network '
+                        'spread beyond this ratio of quartiles (q3 / q1): timed again, then the '
+                        'tool stops with that reason; 0 checks nothing')
 
 
 def _released_names(table_path):
@@ -326,12 +448,15 @@ def main(argv=None):
         from mmef.runtimes import keep_freed_memory
         keep_freed_memory()
     from mmef.latency import MissingEntries, TableMismatch
-    from mmef.runtimes import RuntimeUnavailable
+    from mmef.runtimes import BusyMachine, RuntimeUnavailable
     try:
         args.func(args)
-    except (TableMismatch, MissingEntries, RuntimeUnavailable, FileExistsError,
+    except (TableMismatch, MissingEntries, RuntimeUnavailable, BusyMachine, FileExistsError,
             ValueError) as e:  # what the tool and mmef.latency refuse, with the reason
         raise SystemExit(f'error: {e}')
+    except KeyboardInterrupt as e:  # a build says what it kept and how to resume
+        print(f'\n{e or "interrupted"}', file=sys.stderr)
+        raise SystemExit(130)
 
 
 if __name__ == '__main__':

@@ -8,7 +8,7 @@ Example:
 
 From the whole supernet, one action per step (a block to identity, the first MB3D to MB4D, the
 least important stage 16 channels narrower), the one with the smallest score drop per
-millisecond saved, until the table predicts at most --target-ms. The score is minus the model's
+millisecond saved, until the table predicts at most --target-ms (plus --tolerance). The score is minus the model's
 loss on --val-batches validation batches (see docs/slimming.md). Writes to --work-dir: arch.json,
 subnet_config.py (inherits CONFIG, trains the found EfficientFormer), subnet.pth (the model with
 the sub-network's inherited weights; its backbone loads through init_cfg), steps.json and
@@ -37,6 +37,9 @@ def parse_args(argv=None):
                         help='the input size the table must be of (default: the config\'s)')
     parser.add_argument('--runtime', help='the runtime you deploy on (torch, onnxruntime, ...): '
                                           'the table must be of it')
+    parser.add_argument('--tolerance', type=float, default=None,
+                        help='stop within this fraction above the target (default: the median '
+                        'error of the table\'s own check, which no prediction beats)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
     args = parser.parse_args(argv)
@@ -50,10 +53,15 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from mmef.latency import MissingEntries, TableMismatch
     from mmef.latency.slim import slim_task
-    return slim_task(args.config, args.checkpoint, args.table, args.target_ms, args.work_dir,
-                     val_batches=args.val_batches, input_size=args.input_size,
-                     runtime=args.runtime, cfg_options=args.cfg_options)
+    try:
+        return slim_task(args.config, args.checkpoint, args.table, args.target_ms,
+                         args.work_dir, val_batches=args.val_batches,
+                         input_size=args.input_size, runtime=args.runtime,
+                         cfg_options=args.cfg_options, tolerance=args.tolerance)
+    except (TableMismatch, MissingEntries, ValueError) as e:  # refused, with the reason
+        raise SystemExit(f'error: {e}')
 
 
 if __name__ == '__main__':

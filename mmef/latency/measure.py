@@ -7,6 +7,7 @@ each compiled model its own thread pool, whose threads spin for a while after a 
 model would share the cores with them (measured: deployed L1 at 512x512 in onnxruntime 181 ms
 round-robin with L3 against 140 ms alone), so those runtimes pause (untimed) before each run.
 """
+import json
 import math
 import statistics
 import time
@@ -56,34 +57,58 @@ def arch_label(arch):
 
 
 def measure_models(models, input_size, runtime='torch', device='cpu', threads=None, batch=1,
-                   runs=10, warmup=3, progress=None, before_round=None):
+                   runs=10, warmup=3, progress=None, before_round=None, busy_spread=None,
+                   retries=1):
     """Times each of ``models`` ({label: (family, arch)}) deployed on ``runtime`` at
-    ``input_size``, round-robin; returns {label: [ms per run]}. ``before_round(i)``, when
-    given, is called before each round (``i`` from 0, warm-up rounds included)."""
-    from ..runtimes import compile_module, timer
+    ``input_size``, round-robin (:func:`time_round_robin`); returns {label: [ms per run]}."""
+    from ..runtimes import compile_module
     x = torch.randn(batch, 3, *input_size)
     compiled = {}
     for label, (family, arch) in models.items():
         if progress:
             progress(f'compiling {label}')
-        compiled[label] = compile_module(deployed_backbone(family, arch), x, runtime, device,
-                                         threads, name=label)
-    inputs = {label: c.native(x) for label, c in compiled.items()}
+        c = compile_module(deployed_backbone(family, arch), x, runtime, device, threads,
+                           name=label)
+        compiled[label] = (c, c.native(x))
+    return time_round_robin(compiled, runtime, device, runs, warmup, progress, before_round,
+                            busy_spread, retries)
+
+
+def time_round_robin(compiled, runtime='torch', device='cpu', runs=10, warmup=3, progress=None,
+                     before_round=None, busy_spread=None, retries=1):
+    """Times ``compiled`` ({label: (:class:`mmef.runtimes.Compiled`, its native input)}) of
+    ``runtime`` round-robin: ``warmup`` + ``runs`` rounds of one run of each; returns
+    {label: [ms per timed run]}. ``before_round(i)``, when given, is called before each round
+    (``i`` from 0, warm-up rounds included).
+
+    A machine busy with other processes is noticed, not averaged: when the runs of a model
+    spread beyond ``busy_spread`` (q3 / q1, default :data:`mmef.runtimes.BUSY_SPREAD`; 0 checks
+    nothing) all models are timed again, up to ``retries`` times, and then
+    :class:`mmef.runtimes.BusyMachine` is raised with the reason."""
+    from ..runtimes import BUSY_SPREAD, BusyMachine, busy, busy_message, timer
+    busy_spread = BUSY_SPREAD if busy_spread is None else busy_spread
     clock = timer(device)
     pause = 0 if runtime.startswith('torch') else PAUSE_S
-    times = {label: [] for label in compiled}
-    for i in range(warmup + runs):
-        if progress:
-            progress(f'run {i + 1}/{warmup + runs}')
-        if before_round is not None:
-            before_round(i)
-        for label, c in compiled.items():
-            time.sleep(pause)  # the previous model's threads stop spinning
-            seconds, out = clock(c.run, inputs[label])
-            del out
-            if i >= warmup:
-                times[label].append(seconds * 1e3)
-    return times
+    for attempt in range(retries + 1):
+        times = {label: [] for label in compiled}
+        for i in range(warmup + runs):
+            if progress:
+                progress(f'run {i + 1}/{warmup + runs}')
+            if before_round is not None:
+                before_round(i)
+            for label, (c, x) in compiled.items():
+                time.sleep(pause)  # the previous model's threads stop spinning
+                seconds, out = clock(c.run, x)
+                del out
+                if i >= warmup:
+                    times[label].append(seconds * 1e3)
+        spreads = busy(times, busy_spread)
+        if not spreads:
+            return times
+        message = busy_message(', '.join(spreads), spreads, busy_spread)
+        if progress and attempt < retries:
+            progress(message.split('. ')[0] + ': timing again')
+    raise BusyMachine(message)
 
 
 def spearman(a, b):
@@ -108,7 +133,7 @@ def spearman(a, b):
 
 
 def prediction_study(table, archs, runs=10, warmup=3, progress=None, paired=False,
-                     entry_runs=3):
+                     entry_runs=3, busy_spread=None):
     """Predicted against measured latency of each of ``archs`` ({label: arch}) on the table's
     family, input size, batch, runtime, device and threads. Returns a dict with one row per
     arch (predicted ms, measured median ms, relative error) and the summary: median and worst
@@ -147,13 +172,16 @@ def prediction_study(table, archs, runs=10, warmup=3, progress=None, paired=Fals
         entry_ms = {key: [] for key in timers}
 
         def before_round(i):
+            if i == 0:  # a new attempt (measure_models times again on a busy machine)
+                for v in entry_ms.values():
+                    v.clear()
             for key, t in timers.items():
                 ms = statistics.median(t.time(entry_runs, warmup=1))
                 if i >= warmup:
                     entry_ms[key].append(ms)
     times = measure_models({label: (table.family, arch) for label, arch in archs.items()},
                            m['input_size'], m['runtime'], m['device'], m['threads'], m['batch'],
-                           runs, warmup, progress, before_round)
+                           runs, warmup, progress, before_round, busy_spread)
     if paired:
         rounds = {label: [sum(entry_ms[e.key][r] * n for e, n in u.items())
                           for r in range(runs)] for label, u in used.items()}
@@ -189,6 +217,64 @@ def prediction_study(table, archs, runs=10, warmup=3, progress=None, paired=Fals
     if paired:
         result.update(entry_runs=entry_runs, entry_ms=entry_ms)
     return result
+
+
+# what a table's predictions are held to (issue 26): the median and the worst absolute relative
+# error of whole deployed backbones, and the rank correlation
+TARGETS = dict(median_abs_error=0.05, worst_abs_error=0.10, spearman=0.95)
+
+
+def misses(summary, targets=TARGETS):
+    """The targets a study's ``summary`` misses, as readable phrases (empty: all met). The
+    rank correlation is judged from 3 archs on."""
+    out = []
+    if summary['median_abs_error'] > targets['median_abs_error']:
+        out.append(f"median |error| {100 * summary['median_abs_error']:.1f} % > "
+                   f"{100 * targets['median_abs_error']:g} %")
+    if summary['worst_abs_error'] > targets['worst_abs_error']:
+        out.append(f"worst |error| {100 * summary['worst_abs_error']:.1f} % > "
+                   f"{100 * targets['worst_abs_error']:g} %")
+    if summary['n'] >= 3 and not summary['spearman'] >= targets['spearman']:
+        out.append(f"Spearman {summary['spearman']:.3f} < {targets['spearman']}")
+    return out
+
+
+def check_archs(table, archs=None, random=3, seed=1000):
+    """The whole backbones a table checks itself on: ``archs`` (released names or dicts) when
+    given, else the family's released variants the table covers; plus ``random`` seeded random
+    archs of its space whose entries it has (a table of a few archs' entries has none).
+    Returns {label: arch}."""
+    from ..models import EfficientFormer, EfficientFormerV2
+    from .table import MissingEntries
+    names = archs if archs is not None else list(
+        (EfficientFormer if table.family == 'v1' else EfficientFormerV2).arch_settings)
+    out = {}
+    candidates = [(arch_label(a), a) for a in names]
+    candidates += [(arch_label(a), a) for a in table.space.random_archs(random, seed)]
+    for label, arch in candidates:
+        try:
+            table.used(arch)
+        except MissingEntries:
+            continue
+        out[label] = arch
+    return out
+
+
+def self_check(table, archs, runs=5, warmup=2, progress=None, busy_spread=None):
+    """Times ``archs`` ({label: arch}) as whole deployed backbones on the table's settings,
+    stores the prediction errors in ``table.meta['check']`` and returns that record (rows,
+    summary, the targets it misses, date, CPU)."""
+    import datetime
+
+    from ..runtimes import cpu_info
+    result = prediction_study(table, archs, runs, warmup, progress, busy_spread=busy_spread)
+    summary = {k: v for k, v in result['summary'].items() if k != 'minima'}
+    check = dict(date=datetime.datetime.now().isoformat(timespec='seconds'), cpu=cpu_info(),
+                 runs=runs, warmup=warmup, summary=summary, misses=misses(summary),
+                 rows=[{k: r[k] for k in ('label', 'arch', 'predicted_ms', 'measured_ms',
+                                          'measured_q1_q3', 'error')} for r in result['rows']])
+    table.meta['check'] = check = json.loads(json.dumps(check))  # as the file will hold it
+    return check
 
 
 def count_work(module, x):

@@ -6,7 +6,8 @@ by hand.
 * how latency grows with the input size, per variant, from a sweep;
 * accuracy against latency: the papers' reported COCO box AP / ADE20K mIoU (configs/metafile.yml;
   ResNet-50's from the EfficientFormer paper's Table 2) against latency measured here;
-* predicted against measured latency, from the studies.
+* predicted against measured latency, from the studies;
+* the paper's four latency observations, from ``observe`` files (one per runtime).
 """
 import json
 import os
@@ -45,18 +46,26 @@ def reported_accuracy(metafile=None):
     return out
 
 
+def spearman_text(summary):
+    """The rank correlation of a study summary as text ('n/a' below 3 archs: undefined for one
+    arch, trivially +-1 for two)."""
+    if summary['n'] < 3 or summary['spearman'] != summary['spearman']:
+        return f"n/a ({summary['n']} arch{'s' if summary['n'] > 1 else ''})"
+    return f"{summary['spearman']:.3f}"
+
+
 def _save(fig, plt, out_dir, name, lines, written):
     """Writes ``fig`` as ``out_dir/name``, links it in the markdown ``lines``."""
     fig.tight_layout()
     png = osp.join(out_dir, name)
-    fig.savefig(png, dpi=110)
+    fig.savefig(png, dpi=110, bbox_inches='tight')  # long axis labels are not cut
     plt.close(fig)
     written.append(png)
     lines.append(f'\n![{name[:-4]}]({name})\n')
 
 
 def _load_inputs(paths):
-    tables, studies, sweeps = [], [], []
+    tables, studies, sweeps, observed = [], [], [], []
     for path in paths:
         with open(path) as f:
             data = json.load(f)
@@ -66,9 +75,11 @@ def _load_inputs(paths):
             studies.append((path, data))
         elif data.get('kind') == 'sweep':
             sweeps.append((path, data))
+        elif data.get('kind') == 'observe':
+            observed.append((path, data))
         else:
-            raise ValueError(f'{path}: not a latency table, study or sweep file')
-    return tables, studies, sweeps
+            raise ValueError(f'{path}: not a latency table, study, sweep or observe file')
+    return tables, studies, sweeps, observed
 
 
 def _size(meta_or_row):
@@ -143,17 +154,19 @@ def study_section(studies, out_dir, plt):
     lines.append('|---|---|---|---|---|---|---|---|---|')
     fig, ax = plt.subplots(figsize=(5, 5))
     lo, hi = float('inf'), 0
-    for path, s in studies:
+    markers = 'ox^vsD<>P*'
+    for i, (path, s) in enumerate(studies):
         m, summ = s['meta'], s['summary']
         how = 'paired (entries re-timed each round)' if s.get('paired') else 'the table as built'
         lines.append(f"| {m['family']} | {_size(m)} | {m['runtime']} {m['runtime_version']} | "
                      f"{m['threads']} | {how} | {summ['n']} | "
                      f"{100 * summ['median_abs_error']:.1f} % | "
-                     f"{100 * summ['worst_abs_error']:.1f} % | {summ['spearman']:.3f} |")
+                     f"{100 * summ['worst_abs_error']:.1f} % | {spearman_text(summ)} |")
         xs = [r['measured_ms'] for r in s['rows']]
         ys = [r['predicted_ms'] for r in s['rows']]
         lo, hi = min(lo, *xs, *ys), max(hi, *xs, *ys)
-        ax.scatter(xs, ys, s=12, marker='o' if s.get('paired') else 'x',
+        # one colour and marker per series (tab20 has 20 colours; markers tell 10 apart)
+        ax.scatter(xs, ys, s=12, marker=markers[i % len(markers)], color=plt.cm.tab20(i % 20),
                    label=f"{m['family']} {_size(m)} {m['runtime']}"
                    f"{' paired' if s.get('paired') else ''}")
     ax.plot([lo, hi], [lo, hi], 'k-', lw=0.8)
@@ -193,7 +206,9 @@ def sweep_section(sweeps, out_dir, plt):
                     ls='--' if model.startswith('r') else '-')
         ax.set_xscale('log')
         ax.set_yscale('log')
-        ax.set_xlabel('input pixels (millions)')
+        ax.set_xticks([pixels[sz] / 1e6 for sz in sizes], sizes, fontsize=7, rotation=30)
+        ax.minorticks_off()
+        ax.set_xlabel('input size (HxW; log of the pixels)')
         ax.set_ylabel('measured latency (ms)')
         ax.set_title(_where(meta), fontsize=8)
         ax.legend(fontsize=7, ncol=2)
@@ -234,18 +249,69 @@ def accuracy_section(sweep, ms, out_dir, plt):
     return lines, written
 
 
+def observe_section(observed, out_dir, plt):
+    """The paper's four observations: a summary across runtimes, and per runtime the claim,
+    the medians and ratios, the verdict, and a figure of the ratios."""
+    lines, written = [], []
+    if not observed:
+        return lines, written
+    lines.append('\n### The paper\'s four latency observations, redone\n')
+    cols = [f"{d['meta']['runtime']} {_size(d)}" for _, d in observed]
+    lines.append('| observation | the paper\'s claim (iPhone 12) | ' + ' | '.join(cols) + ' |')
+    lines.append('|---' * (2 + len(cols)) + '|')
+    first = observed[0][1]['observations']
+    for i, obs in enumerate(first):
+        verdicts = []
+        for _, d in observed:
+            match = [o for o in d['observations'] if o['key'] == obs['key']]
+            verdicts.append('-' if not match else 'holds' if match[0]['holds'] else 'does not')
+        lines.append(f"| {obs['number']} ({obs['key']}) | {obs['claim']} | "
+                     + ' | '.join(verdicts) + ' |')
+    for path, d in observed:
+        meta = d['meta']
+        lines.append(f"\n#### {meta['runtime']}, {_size(d)} ({_where(meta)})\n\n"
+                     f"`{osp.basename(path)}`: medians of {d['runs']} runs after {d['warmup']}, "
+                     'each group timed round-robin; ratio to the group\'s first row.\n')
+        lines.append('| observation | module | median ms | ratio | holds? |')
+        lines.append('|---|---|---|---|---|')
+        for obs in d['observations']:
+            for j, r in enumerate(obs['rows']):
+                verdict = (f"**{'yes' if obs['holds'] else 'no'}** ({obs['rule']})"
+                           if j == 0 else '')
+                lines.append(f"| {obs['number']} ({obs['key']}) | {r['label']} | "
+                             f"{r['ms']:.2f} | {r['ratio']:.2f} | {verdict} |")
+        n = len(d['observations'])
+        fig, axes = plt.subplots(n, 1, figsize=(7, 1.1 + 0.42 * sum(
+            len(o['rows']) for o in d['observations'])), squeeze=False,
+            gridspec_kw=dict(height_ratios=[len(o['rows']) for o in d['observations']]))
+        for ax, obs in zip(axes[:, 0], d['observations']):
+            labels = [r['label'] for r in obs['rows']][::-1]
+            ratios = [r['ratio'] for r in obs['rows']][::-1]
+            ax.barh(range(len(labels)), ratios, color=['C0' if i == len(labels) - 1 else 'C1'
+                                                       for i in range(len(labels))])
+            ax.set_yticks(range(len(labels)), labels, fontsize=7)
+            ax.axvline(1.0, color='k', lw=0.6)
+            ax.set_title(f"{obs['number']} ({obs['key']}): "
+                         f"{'holds' if obs['holds'] else 'does not hold'} here", fontsize=8)
+            ax.tick_params(axis='x', labelsize=7)
+        axes[-1, 0].set_xlabel('time relative to the first module of its group', fontsize=8)
+        fig.suptitle(f"{meta['runtime']}, input {_size(d)}, {_where(meta)}", fontsize=8)
+        _save(fig, plt, out_dir, f"observe_{meta['runtime']}_{_size(d)}.png", lines, written)
+    return lines, written
+
+
 def write_report(paths, out_dir):
     """Writes the figures and ``report.md`` (the tables) into ``out_dir``; returns the paths."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     os.makedirs(out_dir, exist_ok=True)
-    tables, studies, sweeps = _load_inputs(paths)
+    tables, studies, sweeps, observed = _load_inputs(paths)
     lines = ['# Latency report (generated by `tools/latency_table.py report`)\n',
              'Inputs: ' + ', '.join(f'`{osp.basename(p)}`' for p in paths) + '\n']
     written = []
     for section in (breakdown_section(tables, out_dir, plt), study_section(studies, out_dir, plt),
-                    sweep_section(sweeps, out_dir, plt)):
+                    sweep_section(sweeps, out_dir, plt), observe_section(observed, out_dir, plt)):
         lines += section[0]
         written += section[1]
     md = osp.join(out_dir, 'report.md')

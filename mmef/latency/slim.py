@@ -40,13 +40,14 @@ def candidates(supernet, arch, min_widths, step=16):
         _, i, j = min(kept)
         new = _blocks(arch)
         new[i][j] = 'identity'
-        out['identity'] = (f'block {j} of stage {i} ({blocks[i][j]}) -> identity',
+        out['identity'] = (f'block {j + 1} of stage {i + 1} ({blocks[i][j]}) -> identity',
                            _arch(arch['widths'], new))
     for j, choice in enumerate(blocks[-1]):
         if choice == 'mb3d':
             new = _blocks(arch)
             new[-1][j] = 'mb4d'
-            out['mb3d'] = (f'block {j} of stage 3: mb3d -> mb4d', _arch(arch['widths'], new))
+            out['mb3d'] = (f'block {j + 1} of stage 4: mb3d -> mb4d',
+                           _arch(arch['widths'], new))
             break
     narrowable = [(sum(importance[i][j] for j, c in enumerate(stage) if c != 'identity'), i)
                   for i, stage in enumerate(blocks) if arch['widths'][i] - step >= min_widths[i]]
@@ -54,7 +55,7 @@ def candidates(supernet, arch, min_widths, step=16):
         _, i = min(narrowable)
         widths = list(arch['widths'])
         widths[i] -= step
-        out['narrow'] = (f'stage {i}: {widths[i] + step} -> {widths[i]} channels',
+        out['narrow'] = (f'stage {i + 1}: {widths[i] + step} -> {widths[i]} channels',
                          _arch(widths, blocks))
     return out
 
@@ -66,7 +67,7 @@ def smallest_arch(supernet, min_widths):
 
 
 def slim(supernet, table, target_ms, evaluate, out_indices=(0, 1, 2, 3), start=None,
-         progress=None):
+         progress=None, tolerance=0.0):
     """Slims ``supernet`` to ``target_ms`` on ``table`` (see the module docstring).
 
     Args:
@@ -78,6 +79,9 @@ def slim(supernet, table, target_ms, evaluate, out_indices=(0, 1, 2, 3), start=N
         out_indices: the backbone outputs the task uses (their norms are timed parts).
         start (dict, optional): the arch to start from; default the whole supernet.
         progress (callable, optional): called with each step's record.
+        tolerance (float): slimming stops at ``target_ms * (1 + tolerance)``: a prediction is
+            no closer to a measurement than the table's own error, and one more step to cover
+            a miss smaller than that can cost much of the score.
 
     Returns:
         list[dict]: the steps, each with ``step``, ``action``, ``what``, ``arch``,
@@ -118,7 +122,7 @@ def slim(supernet, table, target_ms, evaluate, out_indices=(0, 1, 2, 3), start=N
     ms, score = latency(arch), float(evaluate(arch))
     steps = [record(0, 'start', 'the whole supernet' if start is None else 'given arch', arch,
                     ms, score)]
-    while ms > target_ms:
+    while ms > target_ms * (1 + tolerance):
         tried = {}
         for action, (what, new) in candidates(supernet, arch, min_widths).items():
             new_ms = latency(new)
@@ -252,47 +256,103 @@ def plot_path(steps, path, target_ms):
     for s in steps[1:]:
         ax.annotate(s['action'][0], (s['latency_ms'], s['score']), fontsize=6)
     ax.axvline(target_ms, color='gray', linestyle='--', label=f'target {target_ms:.1f} ms')
+    ax.plot([], [], ' ', label='steps: i = a block to identity, m = an MB3D to MB4D,\n'
+            'n = a stage 16 channels narrower')
     ax.set_xlabel('predicted latency (ms)')
     ax.set_ylabel('validation score (minus loss)')
     ax.invert_xaxis()
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def _load_state(checkpoint):
+    """The checkpoint file's contents, or a one-line error naming what is wrong with it."""
+    import torch
+    try:
+        return torch.load(checkpoint, map_location='cpu', weights_only=False)
+    except Exception as e:  # noqa: BLE001  (EOFError, pickle / zip errors: all mean "not one")
+        raise ValueError(f'{checkpoint} is not a readable checkpoint ({type(e).__name__}: '
+                         f'{e or "empty file"}): give the supernet checkpoint tools/train.py '
+                         'wrote (work_dirs/.../iter_N.pth)') from None
+
+
+def _portable(path, start):
+    """``path`` relative to ``start`` when it lies below the current directory (a config
+    that moves with the checkout), else absolute."""
+    import os.path as osp
+    path = osp.abspath(path)
+    if path.startswith(osp.abspath('.') + osp.sep):
+        return osp.relpath(path, start)
+    return path
+
+
 def slim_task(config, checkpoint, table, target_ms, work_dir, val_batches=8, input_size=None,
-              runtime=None, cfg_options=None):
+              runtime=None, cfg_options=None, tolerance=None):
     """What ``tools/slim.py`` does (see it): slims the supernet of ``config`` (trained weights
     in ``checkpoint``) to ``target_ms`` on the latency table file ``table``, scoring with minus
     the loss on ``val_batches`` validation batches, and writes the results to ``work_dir``.
-    ``runtime`` (e.g. 'onnxruntime'), when given, must be the table's. Returns the steps."""
+    ``runtime`` (e.g. 'onnxruntime'), when given, must be the table's. ``tolerance`` (a
+    fraction of the target; default the median error of the table's own check, else 0): see
+    :func:`slim`. Returns the steps. A run that fails removes what it made in ``work_dir``."""
     import os
+    import os.path as osp
+    import shutil
+
+    from .table import LatencyTable, TableMismatch
+    table_path = table
+    table = LatencyTable.load(table_path)
+    from ..engine import load_config
+    cfg, _ = load_config(config, cfg_options)
+    backbone = cfg.model.get('backbone', {})
+    if str(backbone.get('type', '')).split('.')[-1] != 'EfficientFormerSupernet':
+        raise ValueError(f'{config}: model.backbone is {backbone.get("type")!r}, not an '
+                         'EfficientFormerSupernet: slim a supernet config (configs/supernet/)')
+    size = tuple(input_size) if input_size else task_input_size(cfg)
+    try:
+        table.check(family='v1', input_size=size, runtime=runtime)
+    except TableMismatch as e:
+        hint = '' if input_size else (f' ({size[0]}x{size[1]} is the input of the config\'s '
+                                      'test pipeline; --input-size H W slims for another)')
+        raise TableMismatch(f'{e}{hint}') from None
+    if tolerance is None:
+        check = table.meta.get('check')
+        tolerance = check['summary']['median_abs_error'] if check else 0.0
+    state = _load_state(checkpoint)
+    print(f'table: {table.describe()}')
+    for warning in table.warnings():
+        print(f'warning: {warning}', flush=True)
+    if tolerance:
+        print(f'tolerance: {100 * tolerance:.1f} % of the target (stops at '
+              f'{target_ms * (1 + tolerance):.2f} ms)')
+    made = [p for p in (work_dir, osp.join(work_dir, 'runner')) if not osp.exists(p)]
+    os.makedirs(work_dir, exist_ok=True)
+    try:
+        return _slim_task(cfg, config, state, checkpoint, table, target_ms, work_dir,
+                          val_batches, tolerance)
+    except BaseException:
+        for path in reversed(made):  # what this run made, nothing the user had
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def _slim_task(cfg, config, state, checkpoint, table, target_ms, work_dir, val_batches,
+               tolerance):
     import os.path as osp
 
     import torch
     from mmengine.registry import MODELS, DefaultScope
-    from mmengine.runner import load_checkpoint
 
     from ..engine import build_runner, load_config
     from ..fileio import atomic_write
-    from .table import LatencyTable
-    cfg, _ = load_config(config, cfg_options)
-    backbone = cfg.model.get('backbone', {})
-    if str(backbone.get('type', '')).split('.')[-1] != 'EfficientFormerSupernet':
-        raise SystemExit(f'{config}: model.backbone is {backbone.get("type")!r}, not an '
-                         'EfficientFormerSupernet: slim a supernet config (configs/supernet/)')
-    size = tuple(input_size) if input_size else task_input_size(cfg)
-    table = LatencyTable.load(table).check(family='v1', input_size=size, runtime=runtime)
-    print(f'table: {table.describe()}')
-
-    os.makedirs(work_dir, exist_ok=True)
     cfg.work_dir = osp.join(work_dir, 'runner')
     cfg.val_dataloader.dataset.pipeline = annotations_first(cfg.val_dataloader.dataset.pipeline)
     cfg.model.backbone.init_cfg = None  # the checkpoint has all weights
     runner = build_runner(cfg)
     model = runner.model
-    load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    from mmengine.runner.checkpoint import _load_checkpoint_to_model
+    _load_checkpoint_to_model(model, state, strict=True)
     batches = []
     for batch in runner.build_dataloader(cfg.val_dataloader):
         batches.append(batch)
@@ -305,15 +365,17 @@ def slim_task(config, checkpoint, table, target_ms, work_dir, val_batches=8, inp
               f"{step['score']:.4f}", flush=True)
 
     steps = slim(model.backbone, table, target_ms, loss_evaluator(model, batches),
-                 model.backbone.out_indices, progress=progress)
+                 model.backbone.out_indices, progress=progress, tolerance=tolerance)
     found = steps[-1]
     arch = model.backbone.check_subnet(found['arch'])
     backbone_arch = model.backbone.backbone_arch(arch)
 
-    ckpt = osp.abspath(osp.join(work_dir, 'subnet.pth'))
+    ckpt = osp.join(work_dir, 'subnet.pth')
     config_file = osp.join(work_dir, 'subnet_config.py')
-    atomic_write(subnet_config(osp.abspath(config), cfg.model.backbone, backbone_arch, ckpt,
-                               cfg.get('custom_hooks'), cfg.model.get('neck')), config_file)
+    # the config moves with the results: its checkpoint is found next to it, its base from it
+    atomic_write(subnet_config(_portable(config, work_dir), cfg.model.backbone, backbone_arch,
+                               '{{ fileDirname }}/subnet.pth', cfg.get('custom_hooks'),
+                               cfg.model.get('neck')), config_file)
     sub_cfg, _ = load_config(config_file)
     sub_cfg.model.backbone.init_cfg = None
     with DefaultScope.overwrite_default_scope(cfg.default_scope):
@@ -323,11 +385,10 @@ def slim_task(config, checkpoint, table, target_ms, work_dir, val_batches=8, inp
     atomic_write(lambda f: torch.save(state, f), ckpt)
     atomic_write(json.dumps(dict(supernet_arch=found['arch'], arch=found['backbone_arch'],
                                  predicted_ms=found['latency_ms'], target_ms=target_ms,
-                                 table=table.describe()), indent=1),
+                                 tolerance=tolerance, table=table.describe()), indent=1),
                  osp.join(work_dir, 'arch.json'))
     atomic_write(json.dumps(steps, indent=1), osp.join(work_dir, 'steps.json'))
     plot_path(steps, osp.join(work_dir, 'path.png'), target_ms)
     print(f"found {backbone_arch}: predicted {found['latency_ms']:.2f} ms (target "
           f'{target_ms:.2f}); wrote {work_dir}')
     return steps
-

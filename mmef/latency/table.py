@@ -31,6 +31,7 @@ from .space import SearchSpace
 FORMAT = 1
 # what makes a table valid for a question: these must match the one asked
 VALIDITY = ('family', 'input_size', 'batch', 'runtime', 'device', 'allocator')
+BUSY_RETRIES = 2  # an entry timed on a busy machine is timed this many more times
 
 
 class TableMismatch(ValueError):
@@ -58,12 +59,31 @@ class LatencyTable:
 
     # ---------------------------------------------------------------- file
     @classmethod
-    def load(cls, path):
-        with open(path) as f:
-            data = json.load(f)
-        if not isinstance(data, dict) or data.get('format') != FORMAT or 'meta' not in data:
-            raise ValueError(f'{path} is not an mmef latency table (format {FORMAT}); build one '
-                             'with tools/latency_table.py build')
+    def load(cls, path, partial=False):
+        """The table in ``path``; a one-line ValueError when it is missing, empty, truncated,
+        not a table (a study, sweep or observe file) or, unless ``partial``, the ``.partial``
+        file of an interrupted build."""
+        build = 'build one with tools/latency_table.py build'
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise ValueError(f'latency table {path} does not exist; {build}') from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f'{path} is not a readable latency table (empty or truncated JSON: '
+                             f'{e}); {build} (an interrupted build keeps its entries in '
+                             'OUT.partial and resumes there)') from None
+        kind = data.get('kind') if isinstance(data, dict) else None
+        if kind:
+            raise ValueError(f'{path} is a {kind} file of tools/latency_table.py {kind}, not a '
+                             f'latency table; give the table it was made from ({build})')
+        if not isinstance(data, dict) or data.get('format') != FORMAT or 'meta' not in data \
+                or not isinstance(data.get('entries'), dict):
+            raise ValueError(f'{path} is not an mmef latency table (format {FORMAT}); {build}')
+        if not partial and 'finished' not in data['meta']:
+            raise ValueError(f'{path} is an interrupted build ({len(data["entries"])} entries), '
+                             'not a finished table: run the build command again (with --out '
+                             'the name without .partial) to resume and finish it')
         return cls(data['meta'], data['entries'])
 
     def to_json(self):
@@ -94,6 +114,33 @@ class LatencyTable:
                 f"{m['batch']}, {m['runtime']} {m['runtime_version']} ({m['dtype']}) on "
                 f"{m['device']} ({where}), {m['threads']} threads, {len(self.entries)} entries, "
                 f"{m['date']}")
+
+    def warnings(self):
+        """Why this table's predictions may not hold here, as sentences (empty: none known):
+        it was built on another CPU (model or SIMD flags); its own check at the end of the
+        build (:func:`mmef.latency.measure.self_check`) missed the targets; it has no check."""
+        from ..runtimes import cpu_info
+        from .measure import TARGETS
+        out = []
+        there, here = self.meta['cpu'], cpu_info()
+        if self.meta['device'] == 'cpu' and (there['model'], sorted(there.get('flags', []))) \
+                != (here['model'], sorted(here['flags'])):
+            out.append(f"the table was built on another host ({there['model']}, "
+                       f"{' '.join(there.get('flags', []))}); this is {here['model']} "
+                       f"({' '.join(here['flags'])}): its predictions are for that machine "
+                       '(build one here: tools/latency_table.py build)')
+        check = self.meta.get('check')
+        if check is None:
+            out.append('the table has no check of its own (whole backbones timed at the end of '
+                       'the build); add one: tools/latency_table.py check TABLE')
+        elif check['misses']:
+            s = check['summary']
+            out.append(f"the table's own check ({s['n']} whole backbones, {check['date']}) "
+                       f"missed the targets ({'; '.join(check['misses'])}; targets: median "
+                       f"<= {100 * TARGETS['median_abs_error']:g} %, worst <= "
+                       f"{100 * TARGETS['worst_abs_error']:g} %): its predictions may be off by "
+                       'that much')
+        return out
 
     def check(self, **asked):
         """Raises :class:`TableMismatch` naming each of ``asked`` (family, input_size, batch,
@@ -257,19 +304,61 @@ def time_entry(family, entry, input_size, runtime, device, threads, batch, runs,
                       contexts).time(runs, warmup)
 
 
+def _requested(requested):
+    return 'the whole space' if requested == 'space' else f'{len(requested)} entries'
+
+
+def _time_entries(family, todo, entries, meta, input_size, runtime, device, threads, batch,
+                  runs, warmup, busy_spread, contexts, bar, partial_path):
+    """The timing loop of :func:`build_table`: each entry of ``todo`` not in ``entries``,
+    saved to ``partial_path`` after each."""
+    from ..runtimes import BusyMachine, busy, busy_message
+    for entry in todo:
+        if entry.key in entries:
+            continue
+        bar.show(entry.key)
+        for attempt in range(BUSY_RETRIES + 1):
+            times = time_entry(family, entry, input_size, runtime, device, threads, batch, runs,
+                               warmup, contexts)
+            spreads = busy({entry.key: times}, busy_spread)
+            if not spreads:
+                break
+        else:
+            raise BusyMachine(busy_message(f'entry {entry.key} ({BUSY_RETRIES + 1} times)',
+                                           spreads, busy_spread) + f'. The {len(entries)} '
+                              f'entries timed so far are kept in {partial_path}: the same command '
+                              'resumes there')
+        entries[entry.key] = dict(_quartiles(times), runs_ms=[round(t, 4) for t in times],
+                                  context=[e.key for e in context_of(family, entry)])
+        LatencyTable(meta, entries).save(partial_path)
+        bar.step()
+
+
 def build_table(family, input_size, out, runtime='torch', device='cpu', threads=None, batch=1,
-                runs=10, warmup=3, space=None, keys=None, progress=True, overwrite=False):
+                runs=10, warmup=3, space=None, keys=None, progress=True, overwrite=False,
+                busy_spread=None, check=None):
     """Times every entry of ``space`` (default: the family's whole space) or only ``keys``,
     and writes the table to ``out`` atomically.
 
     The entries timed so far are kept in ``out + '.partial'`` (rewritten atomically after each
     entry): an interrupted build started again with the same settings resumes there without
     re-timing them; other settings are refused rather than mixed. Returns the table.
+
+    An entry whose runs spread beyond ``busy_spread`` (q3 / q1; default
+    :data:`mmef.runtimes.BUSY_SPREAD`, 0 checks nothing) is timed again, up to
+    :data:`BUSY_RETRIES` times; then the build stops with :class:`mmef.runtimes.BusyMachine`
+    (the entries timed so far stay in the ``.partial`` file).
+
+    ``check`` (a dict: ``archs``, ``random``, ``runs``, ``warmup``; see
+    :func:`mmef.latency.measure.check_archs`) makes the build check itself at its end: those
+    whole backbones are timed and the table's prediction errors stored under ``meta['check']``
+    (:meth:`LatencyTable.warnings` reports a check that missed the targets).
     """
     import torch
 
-    from ..runtimes import check_available, runtime_info
+    from ..runtimes import BUSY_SPREAD, BusyMachine, check_available, runtime_info
     check_available(runtime, device)
+    busy_spread = BUSY_SPREAD if busy_spread is None else busy_spread
     space = space or SearchSpace.default(family)
     if space.family != family:
         raise ValueError(f'search space of family {space.family} given for family {family}')
@@ -283,11 +372,12 @@ def build_table(family, input_size, out, runtime='torch', device='cpu', threads=
                 **runtime_info(runtime, device, threads), runs=runs, warmup=warmup,
                 space=space.to_dict(), method='each entry deployed, timed right after the part '
                 'that precedes it in a network (its context); median of the timed runs',
-                date=datetime.datetime.now().isoformat(timespec='seconds'))
+                date=datetime.datetime.now().isoformat(timespec='seconds'),
+                requested='space' if keys is None else [e.key for e in todo])
     partial_path = out + '.partial'
     entries = {}
     if os.path.exists(partial_path):
-        partial = LatencyTable.load(partial_path)
+        partial = LatencyTable.load(partial_path, partial=True)
         same = ('family', 'input_size', 'batch', 'runtime', 'runtime_version', 'device',
                 'threads', 'dtype', 'runs', 'warmup', 'torch_version', 'space', 'allocator')
         diff = [k for k in same if partial.meta.get(k) != meta[k]]
@@ -297,24 +387,43 @@ def build_table(family, input_size, out, runtime='torch', device='cpu', threads=
             raise TableMismatch(f'{partial_path} holds an interrupted build with other settings '
                                 f'({", ".join(f"{k}: {partial.meta.get(k)}" for k in diff)}); '
                                 'resume it with those settings, or delete it to start anew')
+        if partial.meta.get('requested', 'space') != meta['requested']:
+            raise TableMismatch(
+                f'{partial_path} holds an interrupted build of other entries (another --archs / '
+                f'--random / --seed: {_requested(partial.meta.get("requested", "space"))} '
+                f'there, {_requested(meta["requested"])} asked); resume it with the same '
+                'options, or delete it to start anew')
         entries = {k: v for k, v in partial.entries.items()}
         meta['date'] = partial.meta['date']
+        print(f'resuming the interrupted build in {partial_path}: '
+              f'{sum(e.key in entries for e in todo)} of {len(todo)} entries already timed '
+              f'(since {meta["date"]})', file=sys.stderr)
     bar = _Progress(len(todo), sum(e.key in entries for e in todo), progress)
     contexts = {}
-    for entry in todo:
-        if entry.key in entries:
-            continue
-        bar.show(entry.key)
-        times = time_entry(family, entry, input_size, runtime, device, threads, batch, runs,
-                           warmup, contexts)
-        entries[entry.key] = dict(_quartiles(times), runs_ms=[round(t, 4) for t in times],
-                                  context=[e.key for e in context_of(family, entry)])
-        LatencyTable(meta, entries).save(partial_path)
-        bar.step()
+    try:
+        _time_entries(family, todo, entries, meta, input_size, runtime, device, threads, batch,
+                      runs, warmup, busy_spread, contexts, bar, partial_path)
+    except KeyboardInterrupt:
+        bar.close()
+        raise KeyboardInterrupt(
+            f'interrupted: {len(entries)} of {len(todo)} entries are kept in {partial_path}; '
+            'the same command resumes there') from None
     bar.close()
     table = LatencyTable(meta, entries)
     retime_outliers(table, runs=runs, warmup=warmup, progress=progress, contexts=contexts,
                     save_to=partial_path)
+    contexts.clear()
+    if check:
+        from .measure import check_archs, self_check
+        archs = check_archs(table, check.get('archs'), check.get('random', 3))
+        if progress:
+            print(f'checking the table on {len(archs)} whole backbones', file=sys.stderr)
+        try:
+            self_check(table, archs, check.get('runs', 5), check.get('warmup', 2),
+                       busy_spread=busy_spread)
+        except BusyMachine as e:
+            raise BusyMachine(f'{e}. Every entry is timed and kept in {partial_path}: the same '
+                              'command checks the table again and writes it') from None
     meta['finished'] = datetime.datetime.now().isoformat(timespec='seconds')
     table.save(out)
     if os.path.exists(partial_path):

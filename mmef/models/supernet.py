@@ -189,21 +189,21 @@ class EfficientFormerSupernet(EfficientFormerBase):
         for i, (width, most) in enumerate(zip(widths, self.arch['widths'])):
             if not (isinstance(width, int) and WIDTH_STEP <= width <= most
                     and width % WIDTH_STEP == 0):
-                raise ValueError(f'widths[{i}] must be a multiple of {WIDTH_STEP} in '
+                raise ValueError(f'widths[{i}] (stage {i + 1}) must be a multiple of {WIDTH_STEP} in '
                                  f'[{WIDTH_STEP}, {most}], got {width!r}')
         for i, (choices, stage) in enumerate(zip(blocks, self.stages)):
             if len(choices) != len(stage.blocks):
-                raise ValueError(f'stage {i} has {len(stage.blocks)} blocks, the arch gives '
+                raise ValueError(f'stage {i + 1} has {len(stage.blocks)} blocks, the arch gives '
                                  f'{len(choices)} choices')
             for j, (choice, block) in enumerate(zip(choices, stage.blocks)):
                 if choice not in block.choices:
-                    raise ValueError(f'block {j} of stage {i} chooses from {block.choices}, got '
+                    raise ValueError(f'block {j + 1} of stage {i + 1} chooses from {block.choices}, got '
                                      f'{choice!r}')
             kept = [c for c in choices if c != 'identity']
             if not kept:
-                raise ValueError(f'stage {i} must keep at least one block')
+                raise ValueError(f'stage {i + 1} must keep at least one block')
             if 'mb3d' in kept and 'mb4d' in kept[kept.index('mb3d'):]:
-                raise ValueError(f'stage {i}: an MB4D block follows an MB3D block (MB3D blocks '
+                raise ValueError(f'stage {i + 1}: an MB4D block follows an MB3D block (MB3D blocks '
                                  f'only end the network)')
         return dict(widths=widths, blocks=blocks)
 
