@@ -70,28 +70,58 @@ def cmd_build(args):
                                                         _widths(args.max_widths))
     keys = None
     check = dict(random=args.check_random, runs=args.check_runs)
+    calibrate = dict(random=args.calibrate, seed=CALIBRATION_SEED, runs=args.check_runs)
     if args.archs is not None or args.random:
-        given = [space.check(_arch(a)) for a in args.archs or []]
+        given = [_arch(a) for a in args.archs or []]
+        for a in given:
+            space.check(a)
         randoms = space.random_archs(args.random, args.seed)
-        keys = sorted({e.key for a in given + randoms for e in arch_entries(args.family, a)})
+        keys = sorted({e.key for a in given + randoms
+                       for e in arch_entries(args.family, space.arch(a))})
+        # the table has only these archs' entries: checked on the given ones and the first
+        # --check-random random ones, calibrated on the other random ones
         check.update(archs=given + randoms[:args.check_random], random=0)
+        calibrate.update(archs=randoms[args.check_random:], random=0)
+    if not args.calibrate:
+        calibrate = None
     table = build_table(args.family, tuple(args.size), args.out, args.runtime, args.device,
                         args.threads, args.batch, args.runs, args.warmup, space, keys,
                         progress=not args.no_progress, overwrite=args.overwrite,
-                        busy_spread=args.busy_spread, check=check)
+                        busy_spread=args.busy_spread, check=check, calibrate=calibrate)
     print(f'{args.out}: {table.describe()}')
+    _print_correction(table)
     _print_check(table)
+
+
+CALIBRATION_SEED = 2000  # random archs of the correction's fit (the check's are seed 1000)
+
+
+def _print_correction(table):
+    c = table.meta.get('correction')
+    if c is None:
+        print(f"correction: none ({table.meta.get('correction_refused', 'not calibrated')})")
+        return
+    f = c['fit']
+    print(f"correction fitted on {len(c['fitted_on'])} whole backbones: stage scales "
+          f"{', '.join(f'{v:.3f}' for v in c['stage_scale'])}, {c['per_entry_ms']:+.3f} ms per "
+          f"entry (on those archs: median |error| {100 * f['median_abs_error']:.1f} %, worst "
+          f"{100 * f['worst_abs_error']:.1f} %; the plain sum {100 * f['plain_median_abs_error']:.1f}"
+          f" %, {100 * f['plain_worst_abs_error']:.1f} %)")
 
 
 def _print_check(table):
     """The table's own check (whole backbones timed after its build) and what it misses."""
     from mmef.latency.report import spearman_text
     check = table.meta['check']
-    print(f"check ({check['date']}, {check['runs']} runs of each whole deployed backbone):")
-    print('| arch | predicted ms | measured ms | error |\n|---|---|---|---|')
+    print(f"check ({check['date']}, {check['runs']} runs of each whole deployed backbone; "
+          f"{'corrected' if check.get('corrected') else 'plain sums'}):")
+    print('| arch | predicted ms | plain sum ms | measured ms | error |\n|---|---|---|---|---|')
     for r in check['rows']:
-        print(f"| {r['label']} | {r['predicted_ms']:.1f} | {r['measured_ms']:.1f} | "
-              f"{100 * r['error']:+.1f} % |")
+        print(f"| {r['label']} | {r['predicted_ms']:.1f} | {r.get('raw_ms', r['predicted_ms']):.1f}"
+              f" | {r['measured_ms']:.1f} | {100 * r['error']:+.1f} % |")
+    if 'plain' in check and check.get('corrected'):
+        print(f"  the plain sums: median |error| {100 * check['plain']['median_abs_error']:.1f} %, "
+              f"worst {100 * check['plain']['worst_abs_error']:.1f} %")
     s = check['summary']
     print(f"{s['n']} archs: median |error| {100 * s['median_abs_error']:.1f} %, worst "
           f"{100 * s['worst_abs_error']:.1f} %, Spearman {spearman_text(s)}: "
@@ -110,6 +140,12 @@ def cmd_check(args):
     if not archs:
         raise ValueError(f'{args.table} has the entries of none of the archs to check with')
     old = table.meta.get('check')
+    if args.calibrate:
+        from mmef.latency.measure import calibrate
+        fit_archs = check_archs(table, [], args.calibrate, CALIBRATION_SEED)
+        calibrate(table, fit_archs, args.runs, args.warmup, busy_spread=args.busy_spread)
+        archs = {k: v for k, v in archs.items() if k not in fit_archs}
+        _print_correction(table)
     self_check(table, archs, args.runs, args.warmup,
                progress=None if args.no_progress else
                (lambda s: print(f'  {s}', file=sys.stderr, flush=True)),
@@ -185,7 +221,8 @@ def cmd_study(args):
                              if args.paired else ''))
     print('| arch | predicted ms | measured ms | error |\n|---|---|---|---|')
     for r in result['rows']:
-        print(f"| {r['label']} | {r['predicted_ms']:.1f} | {r['measured_ms']:.1f} | "
+        fitted = ' (the correction was fitted on it)' if r['calibration'] else ''
+        print(f"| {r['label']}{fitted} | {r['predicted_ms']:.1f} | {r['measured_ms']:.1f} | "
               f"{100 * r['error']:+.1f} % |")
     s = result['summary']
     print(f"{s['n']} archs: median |error| {100 * s['median_abs_error']:.1f} %, worst "
@@ -318,7 +355,12 @@ def parse_args(argv=None):
                    help='the build ends by timing whole backbones and storing the table\'s '
                    'errors on them: the released variants and N random archs (seed 1000); '
                    'with --archs / --random: the --archs and the first N random ones')
-    b.add_argument('--check-runs', type=int, default=5, help='timed runs of each in that check')
+    b.add_argument('--check-runs', type=int, default=5, help='timed runs of each in that check '
+                   'and in the calibration')
+    b.add_argument('--calibrate', type=int, default=10, metavar='N',
+                   help='before the check, time N random whole backbones (seed 2000; with '
+                   '--archs / --random: the random archs after the first --check-random) and fit '
+                   'the table\'s correction of its sums on them (0: none; docs/latency.md)')
     _busy_option(b)
     b.set_defaults(func=cmd_build)
 
@@ -328,6 +370,9 @@ def parse_args(argv=None):
     c.add_argument('--archs', nargs='*', default=None, metavar='NAME',
                    help='released variants (default: all of the family)')
     c.add_argument('--random', type=int, default=3, help='random archs (seed 1000)')
+    c.add_argument('--calibrate', type=int, default=0, metavar='N',
+                   help='first fit the table\'s correction on N random whole backbones (seed '
+                   '2000), as build does')
     c.add_argument('--runs', type=int, default=5)
     c.add_argument('--warmup', type=int, default=2)
     c.add_argument('--no-progress', action='store_true')

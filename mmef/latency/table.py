@@ -195,13 +195,27 @@ class LatencyTable:
                 for i, d in enumerate(arch['depths']) if not 1 <= d <= space.max_depths[i]]
         return out + [v for v in space.violations(arch) if v.startswith('MLP ratios')]
 
-    def predict(self, arch, out_indices=(0, 1, 2, 3), stat='ms'):
+    def predict(self, arch, out_indices=(0, 1, 2, 3), stat='ms', raw=False):
         """Predicted milliseconds of the deployed backbone: the sum of its entries' medians
-        (``stat='min'``: of their fastest runs, to compare with a whole backbone's fastest)."""
+        (``stat='min'``: of their fastest runs, to compare with a whole backbone's fastest),
+        through the table's correction when it has one (:meth:`corrected`; ``raw``: the plain
+        sum)."""
         if stat not in ('ms', 'min'):
             raise ValueError(f"stat must be 'ms' (median) or 'min', got {stat!r}")
-        return sum(self.entries[e.key][stat] * n
-                   for e, n in self.used(arch, out_indices).items())
+        return self.corrected(self.used(arch, out_indices),
+                              {key: v[stat] for key, v in self.entries.items()}, raw)
+
+    def corrected(self, used, ms, raw=False):
+        """The prediction from entry times ``ms`` ({key: ms}) of the entries ``used``
+        ({Entry: count}): with the table's correction (``meta['correction']``, fitted on whole
+        backbones at the end of the build, :func:`mmef.latency.measure.fit_correction`),
+        ``sum_s scale_s * (stage s's entries) + per_entry_ms * (entries used)``; else (or
+        ``raw``) the plain sum of the entries."""
+        sums, n = stage_sums(used, ms)
+        c = self.meta.get('correction')
+        if raw or not c:
+            return sum(sums)
+        return sum(a * t for a, t in zip(c['stage_scale'], sums)) + c['per_entry_ms'] * n
 
     def breakdown(self, arch, out_indices=(0, 1, 2, 3)):
         """Parts of the prediction: ``total``, ``per_stage`` {stage: ms}, ``per_kind``
@@ -215,6 +229,16 @@ class LatencyTable:
             rows.append((e.key, n, ms, ms * n))
         return dict(total=sum(r[3] for r in rows), per_stage=dict(per_stage),
                     per_kind=dict(per_kind), rows=rows)
+
+
+def stage_sums(used, ms):
+    """([ms of stage 0..3's entries], entries counted) of ``used`` ({Entry: count}) from the
+    entry times ``ms`` ({key: ms})."""
+    sums, n = [0.0] * 4, 0
+    for e, k in used.items():
+        sums[e.stage] += ms[e.key] * k
+        n += k
+    return sums, n
 
 
 # -------------------------------------------------------------------------- building
@@ -336,7 +360,7 @@ def _time_entries(family, todo, entries, meta, input_size, runtime, device, thre
 
 def build_table(family, input_size, out, runtime='torch', device='cpu', threads=None, batch=1,
                 runs=10, warmup=3, space=None, keys=None, progress=True, overwrite=False,
-                busy_spread=None, check=None):
+                busy_spread=None, check=None, calibrate=None):
     """Times every entry of ``space`` (default: the family's whole space) or only ``keys``,
     and writes the table to ``out`` atomically.
 
@@ -352,7 +376,10 @@ def build_table(family, input_size, out, runtime='torch', device='cpu', threads=
     ``check`` (a dict: ``archs``, ``random``, ``runs``, ``warmup``; see
     :func:`mmef.latency.measure.check_archs`) makes the build check itself at its end: those
     whole backbones are timed and the table's prediction errors stored under ``meta['check']``
-    (:meth:`LatencyTable.warnings` reports a check that missed the targets).
+    (:meth:`LatencyTable.warnings` reports a check that missed the targets). ``calibrate``
+    (a dict: ``archs``, ``random``, ``seed``, ``runs``, ``warmup``) first times those whole
+    backbones and fits the table's correction on them
+    (:func:`mmef.latency.measure.calibrate`); the check then runs on the other archs.
     """
     import torch
 
@@ -413,17 +440,28 @@ def build_table(family, input_size, out, runtime='torch', device='cpu', threads=
     retime_outliers(table, runs=runs, warmup=warmup, progress=progress, contexts=contexts,
                     save_to=partial_path)
     contexts.clear()
-    if check:
-        from .measure import check_archs, self_check
-        archs = check_archs(table, check.get('archs'), check.get('random', 3))
-        if progress:
-            print(f'checking the table on {len(archs)} whole backbones', file=sys.stderr)
-        try:
+    from .measure import calibrate as fit, check_archs, self_check
+    try:
+        fitted_on = []
+        if calibrate:
+            archs = check_archs(table, calibrate.get('archs', []), calibrate.get('random', 10),
+                                calibrate.get('seed', 2000))
+            if progress:
+                print(f'calibrating the table on {len(archs)} whole backbones', file=sys.stderr)
+            fit(table, archs, calibrate.get('runs', 5), calibrate.get('warmup', 2),
+                busy_spread=busy_spread)
+            fitted_on = list(archs)
+        if check:
+            archs = {label: a for label, a in check_archs(
+                table, check.get('archs'), check.get('random', 3)).items()
+                if label not in fitted_on}  # checked on other archs than it was fitted on
+            if progress:
+                print(f'checking the table on {len(archs)} whole backbones', file=sys.stderr)
             self_check(table, archs, check.get('runs', 5), check.get('warmup', 2),
                        busy_spread=busy_spread)
-        except BusyMachine as e:
-            raise BusyMachine(f'{e}. Every entry is timed and kept in {partial_path}: the same '
-                              'command checks the table again and writes it') from None
+    except BusyMachine as e:
+        raise BusyMachine(f'{e}. Every entry is timed and kept in {partial_path}: the same '
+                          'command calibrates and checks the table again and writes it') from None
     meta['finished'] = datetime.datetime.now().isoformat(timespec='seconds')
     table.save(out)
     if os.path.exists(partial_path):
