@@ -450,12 +450,13 @@ def benchmark(args):
 def report(args, times, memory):
     ref = args.ref if args.ref in times else args.models[0]
     ref_median = statistics.median(times[ref])
-    from mmef.runtimes import allocator_state, cpu_info
+    from mmef.runtimes import allocator_state, cpu_info, denormal_state
     device = torch.cuda.get_device_name() if args.device == 'cuda' else cpu_info()['model']
     print(f'\n{args.task}: batch {args.batch}, input {args.size[0]}x{args.size[1]}, '
           f'{args.device} ({device}), torch {torch.__version__}, {args.threads} threads, '
           f'{args.warmup} warm-up + {args.runs} timed runs (round-robin), '
-          f'{"fp16" if args.fp16 else "fp32"}, heap: {allocator_state()}')
+          f'{"fp16" if args.fp16 else "fp32"}, heap: {allocator_state()}, denormals: '
+          f'{denormal_state()}')
     if args.device == 'cpu' and any('bf16' in name for name in times):
         from mmef.runtimes import bf16_kernels
         fast = bf16_kernels()
@@ -508,6 +509,11 @@ def parse_args(argv=None):
     parser.add_argument('--memory', action='store_true',
                         help='also peak memory, one fresh subprocess per model')
     parser.add_argument('--memory-child', action='store_true', help=argparse.SUPPRESS)
+    parser.add_argument('--flush-denormals', action='store_true',
+                        help='flush denormal floats to zero (mmef.runtimes.flush_denormals: '
+                        'PyTorch, onnxruntime and OpenVINO), as docs/latency.md tells a '
+                        'deployment; random weights give attention logits whose softmax has '
+                        'denormals')
     parser.add_argument('--busy-spread', type=float, default=BUSY_SPREAD,
                         help='the machine counts as busy when the runs of a model spread beyond '
                         'this ratio of quartiles (q3 / q1): timed again once, then the tool stops '
@@ -542,6 +548,10 @@ def main(argv=None):
         from mmef.runtimes import keep_freed_memory
         if not keep_freed_memory():
             raise SystemExit('--keep-freed-memory needs glibc (mallopt); not found here')
+    if args.flush_denormals:
+        from mmef.runtimes import flush_denormals
+        if not flush_denormals():
+            raise SystemExit('--flush-denormals: this CPU cannot flush denormals (no SSE3)')
     if args.memory_child:
         return measure_memory_child(args)
     from mmef.runtimes import BusyMachine

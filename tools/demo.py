@@ -199,12 +199,16 @@ def slim_demo(seed, threads):
     from mmef.latency import LatencyTable
     from mmef.latency.measure import measure_models
     from mmef.latency.slim import slim_task
-    from mmef.runtimes import cpu_info, keep_freed_memory, runtime_info
+    from mmef.runtimes import cpu_info, flush_denormals, keep_freed_memory, runtime_info
     make_data('seg', seed)
     work = SLIM['work_dir']
     table = LatencyTable.load(SLIM['table'])
     keep_freed_memory()  # as the table was measured
-    table.check(input_size=SLIM['size'], allocator=runtime_info('torch')['allocator'])
+    if table.meta.get('denormals') == 'flushed':
+        flush_denormals()
+    here = runtime_info('torch')
+    table.check(input_size=SLIM['size'], allocator=here['allocator'],
+                denormals=here['denormals'])
     here, there = cpu_info(), table.meta['cpu']
     foreign = (here['model'], sorted(here['flags'])) != (there['model'], sorted(there['flags'])) \
         or threads != table.meta['threads']

@@ -173,7 +173,8 @@ def cmd_retime(args):
     table = LatencyTable.load(args.table)
     m = table.meta
     torch.set_num_threads(m['threads'])
-    table.check(allocator=runtime_info(m['runtime'], m['device'], m['threads'])['allocator'])
+    here = runtime_info(m['runtime'], m['device'], m['threads'])
+    table.check(allocator=here['allocator'], denormals=here['denormals'])
     flagged = retime_outliers(table, m['runs'], m['warmup'], progress=not args.no_progress)
     table.save(args.table)
     for key in flagged:
@@ -351,6 +352,7 @@ def parse_args(argv=None):
     b.add_argument('--glibc-default', dest='keep_freed_memory', action='store_false',
                    help='time with glibc\'s default heap (see docs/latency.md; the default '
                    'keeps freed buffers, mmef.runtimes.keep_freed_memory)')
+    _denormal_option(b)
     b.add_argument('--check-random', type=int, default=3,
                    help='the build ends by timing whole backbones and storing the table\'s '
                    'errors on them: the released variants and N random archs (seed 1000); '
@@ -377,6 +379,7 @@ def parse_args(argv=None):
     c.add_argument('--warmup', type=int, default=2)
     c.add_argument('--no-progress', action='store_true')
     c.add_argument('--glibc-default', dest='keep_freed_memory', action='store_false')
+    _denormal_option(c)
     _busy_option(c)
     c.set_defaults(func=cmd_check)
 
@@ -385,6 +388,7 @@ def parse_args(argv=None):
     t.add_argument('table')
     t.add_argument('--no-progress', action='store_true')
     t.add_argument('--glibc-default', dest='keep_freed_memory', action='store_false')
+    _denormal_option(t)
     t.set_defaults(func=cmd_retime)
 
     p = sub.add_parser('predict', help='predicted latency of a backbone')
@@ -420,6 +424,7 @@ def parse_args(argv=None):
     s.add_argument('--glibc-default', dest='keep_freed_memory', action='store_false',
                    help='measure with glibc\'s default heap (refused for a table built '
                    'otherwise)')
+    _denormal_option(s)
     _busy_option(s)
     s.set_defaults(func=cmd_study)
 
@@ -436,6 +441,7 @@ def parse_args(argv=None):
     w.add_argument('--warmup', type=int, default=2)
     w.add_argument('--out', required=True)
     w.add_argument('--glibc-default', dest='keep_freed_memory', action='store_false')
+    _denormal_option(w)
     _busy_option(w)
     w.set_defaults(func=cmd_sweep)
 
@@ -459,6 +465,7 @@ def parse_args(argv=None):
     o.add_argument('--out', help='write the result (JSON) for report')
     o.add_argument('--no-progress', action='store_true')
     o.add_argument('--glibc-default', dest='keep_freed_memory', action='store_false')
+    _denormal_option(o)
     _busy_option(o)
     o.set_defaults(func=cmd_observe)
 
@@ -470,6 +477,12 @@ def parse_args(argv=None):
     if args.command == 'study' and args.archs is None:
         args.archs = sorted(_released_names(args.table))
     return args
+
+
+def _denormal_option(parser):
+    parser.add_argument('--keep-denormals', dest='flush_denormals', action='store_false',
+                        help='time with IEEE denormals (the default flushes them to zero, as '
+                        'docs/latency.md tells a deployment: mmef.runtimes.flush_denormals)')
 
 
 def _busy_option(parser):
@@ -492,6 +505,9 @@ def main(argv=None):
     if getattr(args, 'keep_freed_memory', False):
         from mmef.runtimes import keep_freed_memory
         keep_freed_memory()
+    if getattr(args, 'flush_denormals', False):
+        from mmef.runtimes import flush_denormals
+        flush_denormals()
     from mmef.latency import MissingEntries, TableMismatch
     from mmef.runtimes import BusyMachine, RuntimeUnavailable
     try:

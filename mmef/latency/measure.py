@@ -154,7 +154,7 @@ def prediction_study(table, archs, runs=10, warmup=3, progress=None, paired=Fals
     m = table.meta
     from ..runtimes import runtime_info
     here = runtime_info(m['runtime'], m['device'], m['threads'])
-    table.check(allocator=here['allocator'])
+    table.check(allocator=here['allocator'], denormals=here['denormals'])
     used = {label: table.used(arch) for label, arch in archs.items()}
     table_ms = {label: table.predict(arch) for label, arch in archs.items()}
     # the same from the entries' fastest runs, against the fastest whole run: load from other
@@ -216,7 +216,7 @@ def prediction_study(table, archs, runs=10, warmup=3, progress=None, paired=Fals
                                                  [r['measured_min'] for r in rows])))
     result = dict(table=table.describe(), meta={k: m[k] for k in (
         'family', 'input_size', 'batch', 'runtime', 'runtime_version', 'device', 'threads',
-        'dtype', 'cpu', 'allocator')}, runs=runs, warmup=warmup, paired=paired, rows=rows,
+        'dtype', 'cpu', 'allocator', 'denormals') if k in m}, runs=runs, warmup=warmup, paired=paired, rows=rows,
         summary=summary)
     if paired:
         result.update(entry_runs=entry_runs, entry_ms=entry_ms)

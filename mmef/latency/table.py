@@ -30,7 +30,7 @@ from .space import SearchSpace
 
 FORMAT = 1
 # what makes a table valid for a question: these must match the one asked
-VALIDITY = ('family', 'input_size', 'batch', 'runtime', 'device', 'allocator')
+VALIDITY = ('family', 'input_size', 'batch', 'runtime', 'device', 'allocator', 'denormals')
 BUSY_RETRIES = 2  # an entry timed on a busy machine is timed this many more times
 
 
@@ -144,14 +144,15 @@ class LatencyTable:
 
     def check(self, **asked):
         """Raises :class:`TableMismatch` naming each of ``asked`` (family, input_size, batch,
-        runtime, device, allocator) that differs from the table's."""
+        runtime, device, allocator, denormals) that differs from the table's."""
         wrong = []
         for key, value in asked.items():
             if key not in VALIDITY:
                 raise ValueError(f'unknown table property {key!r}; valid: {VALIDITY}')
             if value is None:
                 continue
-            have = self.meta.get(key)
+            # tables from before mmef recorded it ran with IEEE denormals
+            have = self.meta.get(key, 'kept' if key == 'denormals' else None)
             value = list(value) if isinstance(value, (tuple, list)) else value
             if have != value:
                 wrong.append(f'{key} {have} in the table, {value} asked')
@@ -379,7 +380,8 @@ def build_table(family, input_size, out, runtime='torch', device='cpu', threads=
     (:meth:`LatencyTable.warnings` reports a check that missed the targets). ``calibrate``
     (a dict: ``archs``, ``random``, ``seed``, ``runs``, ``warmup``) first times those whole
     backbones and fits the table's correction on them
-    (:func:`mmef.latency.measure.calibrate`); the check then runs on the other archs.
+    (:func:`mmef.latency.measure.calibrate`); the check then runs on the other archs. Both run
+    in a fresh process (:mod:`mmef.latency.fresh`), as a deployment would.
     """
     import torch
 
@@ -406,7 +408,8 @@ def build_table(family, input_size, out, runtime='torch', device='cpu', threads=
     if os.path.exists(partial_path):
         partial = LatencyTable.load(partial_path, partial=True)
         same = ('family', 'input_size', 'batch', 'runtime', 'runtime_version', 'device',
-                'threads', 'dtype', 'runs', 'warmup', 'torch_version', 'space', 'allocator')
+                'threads', 'dtype', 'runs', 'warmup', 'torch_version', 'space', 'allocator',
+                'denormals')
         diff = [k for k in same if partial.meta.get(k) != meta[k]]
         if partial.meta['cpu'] != meta['cpu']:
             diff.append('cpu')
@@ -440,28 +443,20 @@ def build_table(family, input_size, out, runtime='torch', device='cpu', threads=
     retime_outliers(table, runs=runs, warmup=warmup, progress=progress, contexts=contexts,
                     save_to=partial_path)
     contexts.clear()
-    from .measure import calibrate as fit, check_archs, self_check
-    try:
-        fitted_on = []
-        if calibrate:
-            archs = check_archs(table, calibrate.get('archs', []), calibrate.get('random', 10),
-                                calibrate.get('seed', 2000))
-            if progress:
-                print(f'calibrating the table on {len(archs)} whole backbones', file=sys.stderr)
-            fit(table, archs, calibrate.get('runs', 5), calibrate.get('warmup', 2),
-                busy_spread=busy_spread)
-            fitted_on = list(archs)
-        if check:
-            archs = {label: a for label, a in check_archs(
-                table, check.get('archs'), check.get('random', 3)).items()
-                if label not in fitted_on}  # checked on other archs than it was fitted on
-            if progress:
-                print(f'checking the table on {len(archs)} whole backbones', file=sys.stderr)
-            self_check(table, archs, check.get('runs', 5), check.get('warmup', 2),
-                       busy_spread=busy_spread)
-    except BusyMachine as e:
-        raise BusyMachine(f'{e}. Every entry is timed and kept in {partial_path}: the same '
-                          'command calibrates and checks the table again and writes it') from None
+    if calibrate or check:
+        from . import fresh
+        if progress:
+            print('calibrating and checking the table on whole backbones, in a fresh process',
+                  file=sys.stderr)
+        table.save(partial_path)
+        try:
+            fresh.run(partial_path, calibrate, check, busy_spread)
+        except BusyMachine as e:
+            raise BusyMachine(f'{e}. Every entry is timed and kept in {partial_path}: the same '
+                              'command calibrates and checks the table again and writes it') \
+                from None
+        table = LatencyTable.load(partial_path, partial=True)
+        meta = table.meta
     meta['finished'] = datetime.datetime.now().isoformat(timespec='seconds')
     table.save(out)
     if os.path.exists(partial_path):
