@@ -316,7 +316,7 @@ def test_cli_build_predict_study_report(tmp_path, capsys):
     # --glibc-default: in this process, the tool must not change the heap of the test session
     tool.main(['build', '--family', 'v1', '--size', *map(str, SIZE), '--threads', '1',
                '--runs', '2', '--warmup', '0', '--archs', json.dumps(arch), '--out', path,
-               '--no-progress', '--glibc-default'])
+               '--no-progress', '--glibc-default', '--calibrate', '0'])
     table = LatencyTable.load(path)
     assert set(table.entries) == {e.key for e in arch_entries('v1', table.arch(arch))}
     tool.main(['predict', path, '--arch', json.dumps(arch), '--rows', '--family', 'v1',
@@ -348,7 +348,7 @@ def test_cli_build_predict_study_report(tmp_path, capsys):
     l1 = str(tmp_path / 'l1.json')
     tool.main(['build', '--family', 'v1', '--size', *map(str, SIZE), '--threads', '1',
                '--runs', '1', '--warmup', '0', '--archs', 'l1', '--out', l1, '--no-progress',
-               '--glibc-default'])
+               '--glibc-default', '--calibrate', '0'])
     out_dir = tmp_path / 'report'
     tool.main(['report', path, l1, study, '--out-dir', str(out_dir)])
     assert (out_dir / 'prediction.png').stat().st_size > 1000
@@ -407,7 +407,7 @@ def test_heap_setting_is_recorded_and_a_table_of_another_is_refused(tmp_path):
                                  '--threads', '1', '--runs', '1', '--warmup', '0', '--archs',
                                  json.dumps(dict(widths=[16] * 4, depths=[1] * 4,
                                                  num_attn_blocks=1)),
-                                 '--out', path, '--no-progress'],
+                                 '--out', path, '--no-progress', '--calibrate', '0'],
                           capture_output=True, text=True, env=subprocess_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert LatencyTable.load(path).meta['allocator'] == 'kept (mmef.runtimes.keep_freed_memory)'

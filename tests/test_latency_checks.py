@@ -5,6 +5,7 @@ and the paper's four observations (``observe``) built as controlled pairs. Tiny 
 runs; timings are faked only where the point is what the tools do with them."""
 import json
 import os.path as osp
+import statistics
 import sys
 
 import pytest
@@ -70,7 +71,8 @@ def test_a_build_on_a_busy_machine_retimes_then_stops_keeping_what_it_timed(tmp_
     with pytest.raises(SystemExit, match='error: the machine is busy'):
         tool.main(['build', '--family', 'v1', '--size', '40', '56', '--threads', '1', '--runs',
                    '4', '--min-widths', '16', '--max-widths', '16', '--out',
-                   str(tmp_path / 'u.json'), '--no-progress', '--check-random', '0'])
+                   str(tmp_path / 'u.json'), '--no-progress', '--check-random', '0',
+                   '--calibrate', '0'])
 
 
 def test_whole_network_timings_on_a_busy_machine_are_timed_again_then_refused(monkeypatch):
@@ -194,6 +196,7 @@ def test_resume_says_so_and_refuses_other_archs(tmp_path, monkeypatch, capsys):
     out = str(tmp_path / 'r.json')
     base = ['build', '--family', 'v1', '--size', '40', '56', '--threads', '1', '--runs', '2',
             '--min-widths', '16', '--max-widths', '32', '--out', out, '--check-random', '0',
+            '--calibrate', '0',
             '--archs']
     l1ish = '{"widths": [16, 32, 16, 32], "depths": [1, 1, 1, 1], "num_attn_blocks": 1}'
     other = '{"widths": [32, 16, 16, 16], "depths": [1, 1, 1, 1], "num_attn_blocks": 0}'
@@ -263,3 +266,52 @@ def test_observe_command_and_report(tmp_path, capsys):
     md = open(tmp_path / 'r' / 'report.md').read()
     assert "The paper's four latency observations" in md
     assert osp.exists(tmp_path / 'r' / 'observe_onnxruntime_64x96.png')
+
+
+# ------------------------------------------------------------------------------ correction
+def test_the_correction_fit_recovers_a_known_correction_and_refuses_a_bad_one(tmp_path):
+    """Whole-backbone times made from a known correction of the table's own sums are fitted
+    back to it (ridge 0), predict() then applies it; times no correction of this form explains
+    are refused (plain sums kept)."""
+    import random
+
+    from mmef.latency.measure import calibration_archs, fit_correction
+    from mmef.latency.table import stage_sums
+    space = SearchSpace.default('v1').with_widths(min_widths=16, max_widths=32)
+    table = build_table('v1', SIZE, str(tmp_path / 'c.json'), threads=1, runs=1, warmup=0,
+                        space=space, progress=False)
+    archs = {f'a{i}': a for i, a in enumerate(calibration_archs(space, 10, seed=5))}
+    ms = {k: v['ms'] for k, v in table.entries.items()}
+    true = dict(stage_scale=[0.9, 1.1, 1.2, 0.95], attention_extra=0.15,
+                per_entry_ms=0.1 * statistics.median(ms.values()))
+
+    def corrected(arch):
+        sums, attention, n = stage_sums(table.used(arch), ms)
+        return (sum(a * t for a, t in zip(true['stage_scale'], sums))
+                + true['attention_extra'] * attention + true['per_entry_ms'] * n)
+
+    measured = {label: corrected(a) for label, a in archs.items()}
+    fit = fit_correction(table, archs, measured, ridge=0)
+    assert fit['stage_scale'] == pytest.approx(true['stage_scale'], abs=1e-3)
+    assert fit['attention_extra'] == pytest.approx(true['attention_extra'], abs=1e-3)
+    assert fit['per_entry_ms'] == pytest.approx(true['per_entry_ms'], rel=1e-2)
+    assert fit['fit']['worst_abs_error'] < 1e-6 < fit['fit']['plain_median_abs_error']
+    table.meta['correction'] = fit
+    arch = dict(widths=(32, 16, 32, 16), depths=(2, 3, 1, 2), num_attn_blocks=2)
+    assert table.predict(arch) == pytest.approx(corrected(arch), rel=1e-4)
+    assert table.predict(arch, raw=True) == pytest.approx(sum(stage_sums(table.used(arch),
+                                                                         ms)[0]))
+    rng = random.Random(0)  # times unrelated to the entries: no sound fit
+    assert fit_correction(table, archs, {k: rng.uniform(0.1, 100) for k in archs}) is None
+    assert fit_correction(table, dict(list(archs.items())[:7]), measured) is None  # too few
+
+
+def test_calibration_archs_spread_over_the_share_of_attention():
+    from mmef.latency.measure import calibration_archs
+    for family in ('v1', 'v2'):
+        space = SearchSpace.default(family)
+        archs = calibration_archs(space, 12, seed=2000)
+        assert len(archs) == 12 and archs == calibration_archs(space, 12, seed=2000)
+        shares = [a['num_attn_blocks'] / sum(a['depths']) for a in archs]
+        assert shares == sorted(shares) and shares[-1] - shares[0] > 0.2
+        assert all(space.violations(a) == [] for a in archs)

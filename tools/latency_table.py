@@ -65,25 +65,24 @@ def _widths(values):
 
 def cmd_build(args):
     from mmef.latency import SearchSpace, build_table
+    from mmef.latency.measure import calibration_archs
     from mmef.latency.blocks import arch_entries
     space = SearchSpace.default(args.family).with_widths(_widths(args.min_widths),
                                                         _widths(args.max_widths))
     keys = None
     check = dict(random=args.check_random, runs=args.check_runs)
-    calibrate = dict(random=args.calibrate, seed=CALIBRATION_SEED, runs=args.check_runs)
+    fit_archs = calibration_archs(space, args.calibrate, CALIBRATION_SEED)
+    calibrate = dict(archs=fit_archs, random=0, runs=args.check_runs) if fit_archs else None
     if args.archs is not None or args.random:
         given = [_arch(a) for a in args.archs or []]
         for a in given:
             space.check(a)
         randoms = space.random_archs(args.random, args.seed)
-        keys = sorted({e.key for a in given + randoms
+        # only these archs' entries (and those of the correction's archs) are timed; the check
+        # runs on the given archs and the first --check-random random ones
+        keys = sorted({e.key for a in given + randoms + fit_archs
                        for e in arch_entries(args.family, space.arch(a))})
-        # the table has only these archs' entries: checked on the given ones and the first
-        # --check-random random ones, calibrated on the other random ones
         check.update(archs=given + randoms[:args.check_random], random=0)
-        calibrate.update(archs=randoms[args.check_random:], random=0)
-    if not args.calibrate:
-        calibrate = None
     table = build_table(args.family, tuple(args.size), args.out, args.runtime, args.device,
                         args.threads, args.batch, args.runs, args.warmup, space, keys,
                         progress=not args.no_progress, overwrite=args.overwrite,
@@ -103,7 +102,8 @@ def _print_correction(table):
         return
     f = c['fit']
     print(f"correction fitted on {len(c['fitted_on'])} whole backbones: stage scales "
-          f"{', '.join(f'{v:.3f}' for v in c['stage_scale'])}, {c['per_entry_ms']:+.3f} ms per "
+          f"{', '.join(f'{v:.3f}' for v in c['stage_scale'])}, attention "
+          f"{c['attention_extra']:+.3f}, {c['per_entry_ms']:+.3f} ms per "
           f"entry (on those archs: median |error| {100 * f['median_abs_error']:.1f} %, worst "
           f"{100 * f['worst_abs_error']:.1f} %; the plain sum {100 * f['plain_median_abs_error']:.1f}"
           f" %, {100 * f['plain_worst_abs_error']:.1f} %)")
@@ -133,7 +133,7 @@ def cmd_check(args):
     import torch
 
     from mmef.latency import LatencyTable
-    from mmef.latency.measure import check_archs, self_check
+    from mmef.latency.measure import calibration_archs, check_archs, self_check
     table = LatencyTable.load(args.table)
     torch.set_num_threads(table.meta['threads'])
     archs = check_archs(table, args.archs, args.random)
@@ -142,7 +142,8 @@ def cmd_check(args):
     old = table.meta.get('check')
     if args.calibrate:
         from mmef.latency.measure import calibrate
-        fit_archs = check_archs(table, [], args.calibrate, CALIBRATION_SEED)
+        fit_archs = check_archs(table, calibration_archs(table.space, args.calibrate,
+                                                         CALIBRATION_SEED), 0)
         calibrate(table, fit_archs, args.runs, args.warmup, busy_spread=args.busy_spread)
         archs = {k: v for k, v in archs.items() if k not in fit_archs}
         _print_correction(table)
@@ -359,10 +360,11 @@ def parse_args(argv=None):
                    'with --archs / --random: the --archs and the first N random ones')
     b.add_argument('--check-runs', type=int, default=5, help='timed runs of each in that check '
                    'and in the calibration')
-    b.add_argument('--calibrate', type=int, default=10, metavar='N',
-                   help='before the check, time N random whole backbones (seed 2000; with '
-                   '--archs / --random: the random archs after the first --check-random) and fit '
-                   'the table\'s correction of its sums on them (0: none; docs/latency.md)')
+    b.add_argument('--calibrate', type=int, default=12, metavar='N',
+                   help='before the check, time N random whole backbones (seed 2000, spread '
+                   'over the share of attention; with --archs / --random their entries are '
+                   'timed too) and fit the table\'s correction of its sums on them (0: none; '
+                   'docs/latency.md)')
     _busy_option(b)
     b.set_defaults(func=cmd_build)
 
@@ -374,7 +376,7 @@ def parse_args(argv=None):
     c.add_argument('--random', type=int, default=3, help='random archs (seed 1000)')
     c.add_argument('--calibrate', type=int, default=0, metavar='N',
                    help='first fit the table\'s correction on N random whole backbones (seed '
-                   '2000), as build does')
+                   '2000, those whose entries the table has), as build does')
     c.add_argument('--runs', type=int, default=5)
     c.add_argument('--warmup', type=int, default=2)
     c.add_argument('--no-progress', action='store_true')

@@ -16,7 +16,7 @@ import torch
 
 from .blocks import _randomise
 from .space import SearchSpace
-from .table import stage_sums
+from .table import MissingEntries, stage_sums
 
 
 PAUSE_S = 0.05
@@ -249,7 +249,6 @@ def check_archs(table, archs=None, random=3, seed=1000):
     archs of its space whose entries it has (a table of a few archs' entries has none).
     Returns {label: arch}."""
     from ..models import EfficientFormer, EfficientFormerV2
-    from .table import MissingEntries
     names = archs if archs is not None else list(
         (EfficientFormer if table.family == 'v1' else EfficientFormerV2).arch_settings)
     out = {}
@@ -268,46 +267,72 @@ def check_archs(table, archs=None, random=3, seed=1000):
 # scale 0.1 away from 1 costs as much as a 3 % error on one calibration backbone
 RIDGE = 0.1
 SCALE_RANGE = (0.5, 1.5)  # a fitted stage scale outside this is not a correction but a bad fit
+PER_ENTRY_SHARE = 0.25  # nor a per-entry time that makes more than this share of a plain sum
+MAX_FIT_ERROR = 0.10  # nor one that leaves its own archs off by more than this (median)
 
 
 def fit_correction(table, archs, measured, ridge=RIDGE):
     """Fits the correction of ``table``'s sums to whole backbones: ``measured`` ({label: ms})
-    of ``archs`` ({label: arch}) against ``sum_s scale_s * S_s + per_entry_ms * n``, with
-    ``S_s`` the sum of stage s's entries and ``n`` the entries used; least squares of the
-    relative errors, the scales held towards 1 (``ridge``). What the sum of parts misses is
+    of ``archs`` ({label: arch}) against ``sum_s scale_s * S_s + attention_extra * A +
+    per_entry_ms * n``, with ``S_s`` the sum of stage s's entries, ``A`` that of the attention
+    entries and ``n`` the entries used; least squares of the relative errors, the scales held
+    towards 1 and ``attention_extra`` towards 0 (``ridge``). What the sum of parts misses is
     systematic and depends on the host, the runtime and the input size (docs/latency.md):
     timed alone, each part finds the cache and the heap as its own last run left them; in a
-    network it finds them as the other parts left them. Returns the ``correction`` dict
-    (scales, per-entry ms, the archs it was fitted on, the fit's errors) or None when the fit
-    is not sound (fewer than 6 archs, a scale outside :data:`SCALE_RANGE`, or no better than
-    the plain sum on its own archs)."""
+    network it finds them as the other parts left them, and attention, with its large
+    intermediate buffers, differs most. Returns the ``correction`` dict or None when the fit
+    is not sound: fewer than 8 archs, a scale outside :data:`SCALE_RANGE`, a per-entry time
+    beyond :data:`PER_ENTRY_SHARE` of a plain sum, a median error on its own archs over
+    :data:`MAX_FIT_ERROR` or no better than the plain sum's there."""
     import numpy as np
     labels = list(archs)
-    if len(labels) < 6:
+    if len(labels) < 8:
         return None
     rows, y = [], []
+    ms = {k: v['ms'] for k, v in table.entries.items()}
     for label in labels:
-        sums, n = stage_sums(table.used(archs[label]),
-                             {k: v['ms'] for k, v in table.entries.items()})
-        rows.append(sums + [n])
+        sums, attention, n = stage_sums(table.used(archs[label]), ms)
+        rows.append(sums + [attention, n])
         y.append(measured[label])
     x, y = np.array(rows), np.array(y)
-    a = np.vstack([x / y[:, None], np.sqrt(ridge) * np.eye(5)[:4]])
-    b = np.concatenate([np.ones(len(y)), np.sqrt(ridge) * np.ones(4)])
+    prior = np.array([1.0, 1.0, 1.0, 1.0, 0.0])
+    a = np.vstack([x / y[:, None], np.sqrt(ridge) * np.eye(6)[:5]])
+    b = np.concatenate([np.ones(len(y)), np.sqrt(ridge) * prior])
     theta = np.linalg.lstsq(a, b, rcond=None)[0]
-    scales, per_entry = [float(v) for v in theta[:4]], float(theta[4])
+    scales, extra, per_entry = [float(v) for v in theta[:4]], float(theta[4]), float(theta[5])
     fit = x @ theta / y - 1
     plain = x[:, :4].sum(1) / y - 1
-    if not all(SCALE_RANGE[0] <= v <= SCALE_RANGE[1] for v in scales) or \
+    plain_ms = x[:, :4].sum(1)
+    if not all(SCALE_RANGE[0] <= v <= SCALE_RANGE[1] for v in scales + [1 + extra]) or \
+            np.any(np.abs(per_entry * x[:, 5]) > PER_ENTRY_SHARE * plain_ms) or \
+            np.median(np.abs(fit)) > MAX_FIT_ERROR or \
             np.median(np.abs(fit)) >= np.median(np.abs(plain)):
         return None
-    return dict(model='sum_s stage_scale[s] * (stage s entries) + per_entry_ms * entries',
-                stage_scale=[round(v, 5) for v in scales], per_entry_ms=round(per_entry, 5),
+    return dict(model='sum_s stage_scale[s] * (stage s entries) + attention_extra * (attention '
+                'entries) + per_entry_ms * entries', stage_scale=[round(v, 5) for v in scales],
+                attention_extra=round(extra, 5), per_entry_ms=round(per_entry, 5),
                 ridge=ridge, fitted_on=labels,
                 fit=dict(median_abs_error=float(np.median(np.abs(fit))),
                          worst_abs_error=float(np.abs(fit).max()),
                          plain_median_abs_error=float(np.median(np.abs(plain))),
                          plain_worst_abs_error=float(np.abs(plain).max())))
+
+
+def calibration_archs(space, n, seed=2000):
+    """``n`` random archs of ``space`` spread over the share of attention blocks: 5n seeded
+    random archs ranked by that share, every fifth taken (random archs of a space are mostly
+    light on attention, released variants are not; a correction fitted on the former alone
+    misses the latter). Returns a list of arch dicts."""
+    if n <= 0:
+        return []
+    candidates = space.random_archs(5 * n, seed)
+
+    def share(arch):
+        blocks = sum(arch['depths'])
+        return (arch['num_attn_blocks'] * (2 if space.family == 'v2' else 1)) / blocks
+
+    ranked = sorted(candidates, key=share)
+    return [ranked[int((i + 0.5) * len(ranked) / n)] for i in range(n)]
 
 
 def calibrate(table, archs, runs=5, warmup=2, progress=None, busy_spread=None):
@@ -323,7 +348,7 @@ def calibrate(table, archs, runs=5, warmup=2, progress=None, busy_spread=None):
     correction = fit_correction(table, archs, measured)
     if correction is None:
         table.meta['correction_refused'] = (
-            f'no sound fit on {len(archs)} archs (needs >= 6, scales in {SCALE_RANGE}, better '
+            f'no sound fit on {len(archs)} archs (needs >= 8, scales in {SCALE_RANGE}, better '
             'than the plain sum): predictions are the plain sums')
     else:
         correction['measured_ms'] = {k: round(v, 3) for k, v in measured.items()}

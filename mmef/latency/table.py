@@ -210,13 +210,14 @@ class LatencyTable:
         """The prediction from entry times ``ms`` ({key: ms}) of the entries ``used``
         ({Entry: count}): with the table's correction (``meta['correction']``, fitted on whole
         backbones at the end of the build, :func:`mmef.latency.measure.fit_correction`),
-        ``sum_s scale_s * (stage s's entries) + per_entry_ms * (entries used)``; else (or
-        ``raw``) the plain sum of the entries."""
-        sums, n = stage_sums(used, ms)
+        ``sum_s scale_s * (stage s's entries) + attention_extra * (attention entries) +
+        per_entry_ms * (entries used)``; else (or ``raw``) the plain sum of the entries."""
+        sums, attention, n = stage_sums(used, ms)
         c = self.meta.get('correction')
         if raw or not c:
             return sum(sums)
-        return sum(a * t for a, t in zip(c['stage_scale'], sums)) + c['per_entry_ms'] * n
+        return (sum(a * t for a, t in zip(c['stage_scale'], sums))
+                + c['attention_extra'] * attention + c['per_entry_ms'] * n)
 
     def breakdown(self, arch, out_indices=(0, 1, 2, 3)):
         """Parts of the prediction: ``total``, ``per_stage`` {stage: ms}, ``per_kind``
@@ -232,14 +233,19 @@ class LatencyTable:
                     per_kind=dict(per_kind), rows=rows)
 
 
+ATTENTION_KINDS = ('flatten', 'mb3df', 'mb3d', 'normt', 'adown', 'attnf', 'attn')
+
+
 def stage_sums(used, ms):
-    """([ms of stage 0..3's entries], entries counted) of ``used`` ({Entry: count}) from the
-    entry times ``ms`` ({key: ms})."""
-    sums, n = [0.0] * 4, 0
+    """([ms of stage 0..3's entries], ms of the attention entries (:data:`ATTENTION_KINDS`),
+    entries counted) of ``used`` ({Entry: count}) from the entry times ``ms`` ({key: ms})."""
+    sums, attention, n = [0.0] * 4, 0.0, 0
     for e, k in used.items():
         sums[e.stage] += ms[e.key] * k
+        if e.kind in ATTENTION_KINDS:
+            attention += ms[e.key] * k
         n += k
-    return sums, n
+    return sums, attention, n
 
 
 # -------------------------------------------------------------------------- building
