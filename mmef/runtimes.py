@@ -459,11 +459,11 @@ def busy(times, limit=BUSY_SPREAD):
     return out
 
 
-def busy_message(what, spreads, limit, unit=1.0):
-    """The reason a timing was not kept: ``spreads`` from :func:`busy` (times in seconds
-    times ``unit`` = ms), the limit, and the load average of the machine."""
+def busy_message(what, spreads, limit):
+    """The reason a timing was not kept: ``spreads`` from :func:`busy` (of times in ms), the
+    limit, and the load average of the machine."""
     worst = sorted(spreads.items(), key=lambda kv: kv[1][0] / kv[1][1])[:4]
-    runs = '; '.join(f'{label}: quartiles {q1 * unit:.2f} .. {q3 * unit:.2f} ms '
+    runs = '; '.join(f'{label}: quartiles {q1:.2f} .. {q3:.2f} ms '
                      f'({q3 / q1:.1f}x)' for label, (q1, q3) in worst)
     try:
         load = ', load average {:.1f} / {:.1f} / {:.1f}'.format(*os.getloadavg())

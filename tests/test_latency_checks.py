@@ -315,3 +315,25 @@ def test_calibration_archs_spread_over_the_share_of_attention():
         shares = [a['num_attn_blocks'] / sum(a['depths']) for a in archs]
         assert shares == sorted(shares) and shares[-1] - shares[0] > 0.2
         assert all(space.violations(a) == [] for a in archs)
+
+
+def test_benchmark_on_a_busy_machine_times_again_then_stops(monkeypatch, capsys):
+    import benchmark
+    rounds = []
+
+    def clock_factory(device='cpu'):
+        def clock(fn, *args):
+            out = fn(*args)
+            rounds.append(1)
+            return (0.1 if len(rounds) % 2 else 0.001), out
+        return clock
+
+    monkeypatch.setattr(runtimes, 'timer', clock_factory)
+    args = benchmark.parse_args(['backbone', '--models', 'r18', '--size', '64', '96', '--runs',
+                                 '4', '--warmup', '1', '--threads', '1'])
+    with pytest.raises(BusyMachine, match=r'runs of r18 spread beyond 2x.*1.00 .. 100.00 ms'):
+        benchmark.benchmark(args)
+    assert len(rounds) == 2 * 4 and 'r18: quartiles' in capsys.readouterr().err
+    rounds.clear()
+    args.busy_spread = 0
+    assert sorted(benchmark.benchmark(args)['r18']) == [0.001, 0.001, 0.1, 0.1]  # seconds

@@ -431,20 +431,19 @@ def benchmark(args):
     for run in runners.values():
         for _ in range(args.warmup):
             run()
-    from mmef.runtimes import BusyMachine, busy, busy_message, timer
-    clock = timer(device.type)
-    for attempt in range(2):  # a machine busy with other processes: once more, then stop
-        times = {name: [] for name in runners}
-        for _ in range(args.runs):
-            for name, run in runners.items():
-                times[name].append(clock(run)[0])
-        spreads = busy(times, args.busy_spread)
-        if not spreads:
-            return times
-        message = busy_message(', '.join(spreads), spreads, args.busy_spread, unit=1e3)
-        if attempt == 0:
-            print(message.split('. ')[0] + ': timing again', file=sys.stderr, flush=True)
-    raise BusyMachine(message)
+    from mmef.latency.measure import time_round_robin
+    # a machine busy with other processes: timed once more, then BusyMachine
+    ms = time_round_robin({name: (_Runner(run), None) for name, run in runners.items()},
+                          'torch', device.type, args.runs, 0, busy_spread=args.busy_spread,
+                          on_retry=lambda m: print(m, file=sys.stderr, flush=True))
+    return {name: [t / 1e3 for t in ts] for name, ts in ms.items()}
+
+
+class _Runner:
+    """A runner (no argument) as :func:`mmef.latency.measure.time_round_robin` calls it."""
+
+    def __init__(self, run):
+        self.run = lambda _: run()
 
 
 def report(args, times, memory):

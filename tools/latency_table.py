@@ -133,30 +133,27 @@ def cmd_check(args):
     import torch
 
     from mmef.latency import LatencyTable
-    from mmef.latency.measure import calibration_archs, check_archs, self_check
+    from mmef.latency.measure import calibrate_and_check, calibration_archs, check_archs
     table = LatencyTable.load(args.table)
     torch.set_num_threads(table.meta['threads'])
-    archs = check_archs(table, args.archs, args.random)
-    if not archs:
+    if not check_archs(table, args.archs, args.random):
         raise ValueError(f'{args.table} has the entries of none of the archs to check with')
     old = table.meta.get('check')
-    if args.calibrate:
-        from mmef.latency.measure import calibrate
-        fit_archs = check_archs(table, calibration_archs(table.space, args.calibrate,
-                                                         CALIBRATION_SEED), 0)
-        calibrate(table, fit_archs, args.runs, args.warmup, busy_spread=args.busy_spread)
-        archs = {k: v for k, v in archs.items() if k not in fit_archs}
-        _print_correction(table)
-    self_check(table, archs, args.runs, args.warmup,
-               progress=None if args.no_progress else
-               (lambda s: print(f'  {s}', file=sys.stderr, flush=True)),
-               busy_spread=args.busy_spread)
+    calibrate_with = dict(archs=calibration_archs(table.space, args.calibrate, CALIBRATION_SEED),
+                          random=0, runs=args.runs, warmup=args.warmup) if args.calibrate else None
+    calibrate_and_check(table, calibrate_with,
+                        dict(archs=args.archs, random=args.random, runs=args.runs,
+                             warmup=args.warmup),
+                        args.busy_spread, progress=None if args.no_progress else
+                        (lambda s: print(f'  {s}', file=sys.stderr, flush=True)))
     table.save(args.table)
     print(f'{args.table}: {table.describe()}')
     if old:
         print(f"(replaces the check of {old['date']}: median |error| "
               f"{100 * old['summary']['median_abs_error']:.1f} %, worst "
               f"{100 * old['summary']['worst_abs_error']:.1f} %)")
+    if args.calibrate:
+        _print_correction(table)
     _print_check(table)
 
 

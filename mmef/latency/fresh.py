@@ -36,7 +36,7 @@ def main(argv=None):
     import torch
 
     from ..runtimes import BusyMachine, flush_denormals, keep_freed_memory
-    from .measure import calibrate, check_archs, self_check
+    from .measure import calibrate_and_check
     from .table import LatencyTable
     path, settings = argv if argv is not None else sys.argv[1:]
     s = json.loads(settings)
@@ -47,20 +47,7 @@ def main(argv=None):
     table = LatencyTable.load(path, partial=True)
     torch.set_num_threads(table.meta['threads'])
     try:
-        fitted_on = []
-        if s['calibrate']:
-            c = s['calibrate']
-            archs = check_archs(table, c.get('archs', []), c.get('random', 10),
-                                c.get('seed', 2000))
-            calibrate(table, archs, c.get('runs', 5), c.get('warmup', 2),
-                      busy_spread=s['busy_spread'])
-            fitted_on = list(archs)
-        if s['check']:
-            c = s['check']
-            archs = {label: a for label, a in check_archs(
-                table, c.get('archs'), c.get('random', 3)).items() if label not in fitted_on}
-            self_check(table, archs, c.get('runs', 5), c.get('warmup', 2),
-                       busy_spread=s['busy_spread'])
+        calibrate_and_check(table, s['calibrate'], s['check'], s['busy_spread'])
     except BusyMachine as e:
         sys.exit(f'BusyMachine: {e}')
     table.save(path)

@@ -76,7 +76,7 @@ def measure_models(models, input_size, runtime='torch', device='cpu', threads=No
 
 
 def time_round_robin(compiled, runtime='torch', device='cpu', runs=10, warmup=3, progress=None,
-                     before_round=None, busy_spread=None, retries=1):
+                     before_round=None, busy_spread=None, retries=1, on_retry=None):
     """Times ``compiled`` ({label: (:class:`mmef.runtimes.Compiled`, its native input)}) of
     ``runtime`` round-robin: ``warmup`` + ``runs`` rounds of one run of each; returns
     {label: [ms per timed run]}. ``before_round(i)``, when given, is called before each round
@@ -85,8 +85,10 @@ def time_round_robin(compiled, runtime='torch', device='cpu', runs=10, warmup=3,
     A machine busy with other processes is noticed, not averaged: when the runs of a model
     spread beyond ``busy_spread`` (q3 / q1, default :data:`mmef.runtimes.BUSY_SPREAD`; 0 checks
     nothing) all models are timed again, up to ``retries`` times, and then
-    :class:`mmef.runtimes.BusyMachine` is raised with the reason."""
+    :class:`mmef.runtimes.BusyMachine` is raised with the reason; ``on_retry`` (default
+    ``progress``) is told before each new attempt."""
     from ..runtimes import BUSY_SPREAD, BusyMachine, busy, busy_message, timer
+    on_retry = on_retry or progress
     busy_spread = BUSY_SPREAD if busy_spread is None else busy_spread
     clock = timer(device)
     pause = 0 if runtime.startswith('torch') else PAUSE_S
@@ -107,8 +109,8 @@ def time_round_robin(compiled, runtime='torch', device='cpu', runs=10, warmup=3,
         if not spreads:
             return times
         message = busy_message(', '.join(spreads), spreads, busy_spread)
-        if progress and attempt < retries:
-            progress(message.split('. ')[0] + ': timing again')
+        if on_retry and attempt < retries:
+            on_retry(message.split('. ')[0] + ': timing again')
     raise BusyMachine(message)
 
 
@@ -190,13 +192,13 @@ def prediction_study(table, archs, runs=10, warmup=3, progress=None, paired=Fals
         predicted_min = {label: min(v) for label, v in rounds.items()}
     else:
         predicted = table_ms
+    fitted_on = (table.meta.get('correction') or {}).get('fitted_on', [])
     rows = []
     for label, arch in archs.items():
         ts = times[label]
         measured = statistics.median(ts)
         q1_q3 = statistics.quantiles(ts, n=4, method='inclusive')[::2] if len(ts) > 1 \
             else [measured] * 2
-        fitted_on = (table.meta.get('correction') or {}).get('fitted_on', [])
         rows.append(dict(label=label, arch=table.arch(arch) if isinstance(arch, str) else arch,
                          calibration=label in fitted_on,
                          predicted_ms=predicted[label], measured_ms=measured,
@@ -216,8 +218,8 @@ def prediction_study(table, archs, runs=10, warmup=3, progress=None, paired=Fals
                                                  [r['measured_min'] for r in rows])))
     result = dict(table=table.describe(), meta={k: m[k] for k in (
         'family', 'input_size', 'batch', 'runtime', 'runtime_version', 'device', 'threads',
-        'dtype', 'cpu', 'allocator', 'denormals') if k in m}, runs=runs, warmup=warmup, paired=paired, rows=rows,
-        summary=summary)
+        'dtype', 'cpu', 'allocator', 'denormals') if k in m}, runs=runs, warmup=warmup,
+        paired=paired, rows=rows, summary=summary)
     if paired:
         result.update(entry_runs=entry_runs, entry_ms=entry_ms)
     return result
@@ -301,8 +303,8 @@ def fit_correction(table, archs, measured, ridge=RIDGE):
     theta = np.linalg.lstsq(a, b, rcond=None)[0]
     scales, extra, per_entry = [float(v) for v in theta[:4]], float(theta[4]), float(theta[5])
     fit = x @ theta / y - 1
-    plain = x[:, :4].sum(1) / y - 1
     plain_ms = x[:, :4].sum(1)
+    plain = plain_ms / y - 1
     if not all(SCALE_RANGE[0] <= v <= SCALE_RANGE[1] for v in scales + [1 + extra]) or \
             np.any(np.abs(per_entry * x[:, 5]) > PER_ENTRY_SHARE * plain_ms) or \
             np.median(np.abs(fit)) > MAX_FIT_ERROR or \
@@ -348,13 +350,35 @@ def calibrate(table, archs, runs=5, warmup=2, progress=None, busy_spread=None):
     correction = fit_correction(table, archs, measured)
     if correction is None:
         table.meta['correction_refused'] = (
-            f'no sound fit on {len(archs)} archs (needs >= 8, scales in {SCALE_RANGE}, better '
-            'than the plain sum): predictions are the plain sums')
+            f'no sound fit on {len(archs)} archs (needs >= 8, scales in {SCALE_RANGE}, a '
+            f'per-entry time within {PER_ENTRY_SHARE:g} of each sum, a median error within '
+            f'{MAX_FIT_ERROR:g} and better than the plain sum): predictions are the plain sums')
     else:
         correction['measured_ms'] = {k: round(v, 3) for k, v in measured.items()}
         table.meta.pop('correction_refused', None)
     table.meta['correction'] = correction
     return correction
+
+
+def calibrate_and_check(table, calibrate_with=None, check_with=None, busy_spread=None,
+                        progress=None):
+    """What a build ends with: fits the table's correction on the archs of ``calibrate_with``
+    (a dict: ``archs``, ``random``, ``seed``, ``runs``, ``warmup``; :func:`check_archs`
+    picks them) and then checks it on those of ``check_with`` (the same keys) that the
+    correction was not fitted on. Either may be None. Returns the archs fitted on."""
+    fitted_on = []
+    if calibrate_with:
+        c = calibrate_with
+        archs = check_archs(table, c.get('archs', []), c.get('random', 10), c.get('seed', 2000))
+        calibrate(table, archs, c.get('runs', 5), c.get('warmup', 2), progress, busy_spread)
+        fitted_on = list(archs)
+    if check_with:
+        c = check_with
+        archs = {label: a for label, a in check_archs(
+            table, c.get('archs'), c.get('random', 3), c.get('seed', 1000)).items()
+            if label not in fitted_on}  # checked on other archs than it was fitted on
+        self_check(table, archs, c.get('runs', 5), c.get('warmup', 2), progress, busy_spread)
+    return fitted_on
 
 
 def self_check(table, archs, runs=5, warmup=2, progress=None, busy_spread=None):
