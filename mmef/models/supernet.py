@@ -87,8 +87,82 @@ class SupernetStage(nn.Module):
             for j in range(depth))
 
 
+class SubnetSlicing:
+    """What the supernets of both families share: a sub-network is a plain backbone of its
+    shape (``_subnet_module(arch)``) computed with leading slices of the supernet's tensors,
+    found through ``subnet_keys(arch)`` ({sub-network key: supernet key}); ``check_subnet``
+    normalises an arch. Gives :meth:`fix`, :meth:`fixed_arch`, :meth:`extract` and
+    :meth:`fixed_forward`; the supernet's ``__init__`` sets ``self._fixed = None``."""
+
+    def _sliced(self, module, names):
+        """The supernet's tensors for ``module``'s keys: leading slices (views) of the shapes."""
+        own = dict(self.named_parameters())
+        own.update(self.named_buffers())
+        tensors = {}
+        for key, target in module.state_dict().items():
+            tensors[key] = leading_slice(own[names[key]], target.shape)
+        if set(tensors) != set(names):
+            raise RuntimeError(f'internal error: sub-network keys differ from the key map '
+                               f'({sorted(set(tensors) ^ set(names))[:4]})')
+        return tensors
+
+    def fix(self, arch, full_width_outputs=False):
+        """From now on the forward computes exactly the sub-network ``arch`` (the first channels
+        of each stage and hidden layer, the blocks the arch keeps) with the supernet's
+        parameters; ``fix(None)`` returns to the whole supernet. Gradients and BatchNorm
+        statistics go to the supernet's tensors.
+
+        With ``full_width_outputs`` the outputs are zero-padded to the supernet's widths, so
+        that a neck built for the supernet takes them: for a neck whose first layer on each
+        output is linear in its channels (FPN's lateral convolutions) that equals the neck with
+        its input channels cut to the sub-network's (what :func:`mmef.latency.slim.
+        subnet_state_dict` keeps)."""
+        if arch is None:
+            self._fixed = None
+            return
+        arch = self.check_subnet(arch)
+        module = self._subnet_module(arch)
+        module.to(next(self.parameters()).device)
+        self._fixed = (arch, module, self.subnet_keys(arch), bool(full_width_outputs))
+
+    @property
+    def fixed_arch(self):
+        """The sub-network the forward computes (None: the whole supernet)."""
+        return None if self._fixed is None else copy.deepcopy(self._fixed[0])
+
+    def extract(self, arch):
+        """The plain backbone of the sub-network ``arch`` (:class:`EfficientFormer` or
+        :class:`EfficientFormerV2`) with copies of the supernet's weights, in this module's
+        mode."""
+        arch = self.check_subnet(arch)
+        module = self._subnet_module(arch)
+        tensors = self._sliced(module, self.subnet_keys(arch))
+        module.load_state_dict({k: v.detach().clone() for k, v in tensors.items()})
+        return module.to(next(self.parameters()).device).train(self.training)
+
+    @property
+    def fixed_module(self):
+        """The plain backbone the fixed forward runs (its own tensors are unused: the forward
+        gives it the supernet's), None when nothing is fixed; e.g. to set its BatchNorm
+        momentum."""
+        return None if self._fixed is None else self._fixed[1]
+
+    def fixed_forward(self, x):
+        """The forward of the fixed sub-network (see :meth:`fix`)."""
+        _, module, names, full_width = self._fixed
+        module.train(self.training)
+        for m in module.modules():
+            if hasattr(m, 'clear_bias_cache'):  # the tables are the supernet's, may change
+                m.clear_bias_cache()
+        outs = functional_call(module, self._sliced(module, names), (x,))
+        if full_width:
+            outs = tuple(F.pad(out, (0, 0, 0, 0, 0, self.widths[i] - out.shape[1]))
+                         for i, out in zip(self.out_indices, outs))
+        return outs
+
+
 @MODELS.register_module()
-class EfficientFormerSupernet(EfficientFormerBase):
+class EfficientFormerSupernet(SubnetSlicing, EfficientFormerBase):
     """Supernet of EfficientFormer (V1) for latency-driven slimming; gives the same multi-scale
     NCHW maps as :class:`EfficientFormer`, so any mmdet / mmseg config can train it.
 
@@ -237,55 +311,12 @@ class EfficientFormerSupernet(EfficientFormerBase):
 
     def _subnet_module(self, arch):
         return EfficientFormer(self.backbone_arch(arch), in_channels=self.in_channels,
-                               out_indices=self.out_indices, norm_eval=self.norm_eval,
+                               out_indices=self.out_indices, frozen_stages=self.frozen_stages,
+                               norm_eval=self.norm_eval,
                                drop_path_rate=self.drop_path_rate,
                                layer_scale_init_value=self.layer_scale_init_value,
                                attn_bias_mode=self.attn_bias_mode,
                                attn_bias_resolution=self.attn_bias_resolution)
-
-    def _sliced(self, module, names):
-        """The supernet's tensors for ``module``'s keys: leading slices (views) of the shapes."""
-        own = dict(self.named_parameters())
-        own.update(self.named_buffers())
-        tensors = {}
-        for key, target in module.state_dict().items():
-            tensors[key] = leading_slice(own[names[key]], target.shape)
-        if set(tensors) != set(names):
-            raise RuntimeError(f'internal error: sub-network keys differ from the key map '
-                               f'({sorted(set(tensors) ^ set(names))[:4]})')
-        return tensors
-
-    def fix(self, arch, full_width_outputs=False):
-        """From now on the forward computes exactly the sub-network ``arch`` (hard choices, the
-        first channels of each stage) with the supernet's parameters; ``fix(None)`` returns to
-        the mixed supernet. Gradients and BatchNorm statistics go to the supernet's tensors.
-
-        With ``full_width_outputs`` the outputs are zero-padded to the supernet's widths, so
-        that a neck built for the supernet takes them: for a neck whose first layer on each
-        output is linear in its channels (FPN's lateral convolutions) that equals the neck with
-        its input channels cut to the sub-network's (what :func:`mmef.latency.slim.
-        subnet_state_dict` keeps)."""
-        if arch is None:
-            self._fixed = None
-            return
-        arch = self.check_subnet(arch)
-        module = self._subnet_module(arch)
-        module.to(next(self.parameters()).device)
-        self._fixed = (arch, module, self.subnet_keys(arch), bool(full_width_outputs))
-
-    @property
-    def fixed_arch(self):
-        """The sub-network the forward computes (None: the mixed supernet)."""
-        return None if self._fixed is None else copy.deepcopy(self._fixed[0])
-
-    def extract(self, arch):
-        """An :class:`EfficientFormer` of the sub-network ``arch`` with copies of the supernet's
-        weights (the first channels of each stage), in this module's mode."""
-        arch = self.check_subnet(arch)
-        module = self._subnet_module(arch)
-        tensors = self._sliced(module, self.subnet_keys(arch))
-        module.load_state_dict({k: v.detach().clone() for k, v in tensors.items()})
-        return module.to(next(self.parameters()).device).train(self.training)
 
     # --- architecture weights --------------------------------------------------------------
 
@@ -305,16 +336,7 @@ class EfficientFormerSupernet(EfficientFormerBase):
     def forward(self, x):
         self.check_input(x)
         if self._fixed is not None:
-            _, module, names, full_width = self._fixed
-            module.train(self.training)
-            for m in module.modules():
-                if hasattr(m, 'clear_bias_cache'):  # the tables are the supernet's, may change
-                    m.clear_bias_cache()
-            outs = functional_call(module, self._sliced(module, names), (x,))
-            if full_width:
-                outs = tuple(F.pad(out, (0, 0, 0, 0, 0, self.widths[i] - out.shape[1]))
-                             for i, out in zip(self.out_indices, outs))
-            return outs
+            return self.fixed_forward(x)
         noise = self.noise if self.training else 'none'
         x = self.stem(x)
         outs = []
