@@ -16,6 +16,7 @@ import sys
 from . import checkpoint  # noqa: F401  (registers the safe-loading allowlist)
 from . import fileio  # noqa: F401  (registers the 'mmef_atomic' checkpoint file backend)
 from . import hooks  # noqa: F401  (registers SupernetTemperatureHook)
+from . import sandwich  # noqa: F401  (registers the sandwich training loops)
 from .models import (EfficientFormer, EfficientFormerSupernet, EfficientFormerV2,
                      EfficientFormerV2Supernet)
 from .version import __version__

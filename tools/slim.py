@@ -1,18 +1,21 @@
-"""Latency-driven slimming of an EfficientFormer supernet (the paper's search) on your task,
+"""Latency-driven slimming of an EfficientFormer (V1) or EfficientFormerV2 supernet on your task,
 input size and hardware, with a latency table of tools/latency_table.py.
 
 Example:
-    python tools/slim.py configs/supernet/fpn_efficientformer-supernet-l7_8xb4-40k_ade20k-512x512.py \\
-        work_dirs/supernet/iter_40000.pth --table work_dirs/lut_v1_512x512.json --target-ms 120 \\
-        --work-dir work_dirs/slim
+    python tools/slim.py configs/supernet/fpn_efficientformerv2-supernet-l_8xb4-40k_ade20k-512x512.py \\
+        work_dirs/supernet/iter_40000.pth --table work_dirs/lut_v2_512x512.json --target-ms 120 \\
+        --work-dir work_dirs/slim --measure
 
-From the whole supernet, one action per step (a block to identity, the first MB3D to MB4D, the
-least important stage 16 channels narrower), the one with the smallest score drop per
-millisecond saved, until the table predicts at most --target-ms (plus --tolerance). The score is minus the model's
-loss on --val-batches validation batches (see docs/slimming.md). Writes to --work-dir: arch.json,
-subnet_config.py (inherits CONFIG, trains the found EfficientFormer), subnet.pth (the model with
-the sub-network's inherited weights; its backbone loads through init_cfg), steps.json and
-path.png (predicted latency against score).
+From the whole supernet, one action per step (V1: a block to identity, the first MB3D to MB4D,
+the least important stage 16 channels narrower; V2: a lower MLP ratio, one attention block
+fewer, one block fewer or 8 channels fewer, in each stage), the one with the smallest score drop
+per unit of cost saved (--cost: milliseconds, or the V2 paper's Mobile Efficiency Score of
+latency and parameters), until the table predicts at most --target-ms (plus --tolerance). The
+score is minus the model's loss on --val-batches validation batches, a V2 candidate's BatchNorm
+statistics recalibrated on --calib-batches training batches first (see docs/slimming.md).
+Writes to --work-dir: arch.json, subnet_config.py (inherits CONFIG, trains the found network),
+subnet.pth (the model with the sub-network's inherited weights; its backbone loads through
+init_cfg), steps.json and path.png (predicted latency against score).
 """
 import argparse
 import os.path as osp
@@ -27,7 +30,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('config', help='mmdet / mmseg config with an EfficientFormerSupernet')
     parser.add_argument('checkpoint', help='the trained supernet')
-    parser.add_argument('--table', required=True, help='latency table (v1) of the target')
+    parser.add_argument('--table', required=True,
+                        help='latency table of the target (of the supernet\'s family)')
     parser.add_argument('--target-ms', type=float, required=True,
                         help='latency budget of the deployed backbone, in ms')
     parser.add_argument('--work-dir', required=True, help='where the results are written')
@@ -40,6 +44,19 @@ def parse_args(argv=None):
     parser.add_argument('--tolerance', type=float, default=None,
                         help='stop within this fraction above the target (default: the median '
                         'error of the table\'s own check, which no prediction beats)')
+    parser.add_argument('--calib-batches', type=int, default=None,
+                        help='V2: training batches each candidate\'s BatchNorm statistics are '
+                        'recalibrated on (default 4; 0: the supernet\'s statistics)')
+    parser.add_argument('--cost', choices=('latency', 'mes'), default='latency',
+                        help='what a step saves: predicted milliseconds (default), or the V2 '
+                        'paper\'s Mobile Efficiency Score of latency and parameters')
+    parser.add_argument('--mes-weights', type=float, nargs=2, default=(0.5, 0.5),
+                        metavar=('LATENCY', 'PARAMS'),
+                        help='exponents of latency and parameter count in the MES (default '
+                        '0.5 0.5)')
+    parser.add_argument('--measure', action='store_true',
+                        help='time the found backbone here (the table\'s runtime and threads) '
+                        'and compare it with the target')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
     args = parser.parse_args(argv)
@@ -48,6 +65,8 @@ def parse_args(argv=None):
             parser.error(f'{path!r} does not exist')
     if args.val_batches < 1:
         parser.error('--val-batches must be at least 1')
+    if args.calib_batches is not None and args.calib_batches < 0:
+        parser.error('--calib-batches must be at least 0')
     return args
 
 
@@ -59,7 +78,9 @@ def main(argv=None):
         return slim_task(args.config, args.checkpoint, args.table, args.target_ms,
                          args.work_dir, val_batches=args.val_batches,
                          input_size=args.input_size, runtime=args.runtime,
-                         cfg_options=args.cfg_options, tolerance=args.tolerance)
+                         cfg_options=args.cfg_options, tolerance=args.tolerance,
+                         calib_batches=args.calib_batches, cost=args.cost,
+                         mes_weights=args.mes_weights, measure=args.measure)
     except (TableMismatch, MissingEntries, ValueError) as e:  # refused, with the reason
         raise SystemExit(f'error: {e}')
 

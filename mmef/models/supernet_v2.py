@@ -197,10 +197,10 @@ class EfficientFormerV2Supernet(SubnetSlicing, EfficientFormerV2):
         """The whole supernet as a sub-network arch."""
         return self.check_subnet(self.arch)
 
-    def smallest_arch(self):
-        """The narrowest, shallowest sub-network of the trained range: ``min_widths``,
-        ``min_depths``, ``min_attn_blocks`` and each block's smallest MLP ratio."""
-        return self._arch(self.min_widths, self.min_depths, self.min_attn_blocks,
+    def smallest_arch(self, widths=None):
+        """The narrowest, shallowest sub-network of the trained range: ``min_widths`` (or
+        ``widths``), ``min_depths``, ``min_attn_blocks`` and each block's smallest MLP ratio."""
+        return self._arch(widths or self.min_widths, self.min_depths, self.min_attn_blocks,
                           lambda choices: choices[0])
 
     def random_arch(self, rng=None):
