@@ -87,7 +87,7 @@ def sandwich_step(model, data_batch, optim_wrapper, archs):
             data = module.data_preprocessor(data_batch, training=True)
         for p, arch in enumerate(archs):
             last = p == len(archs) - 1
-            backbone.fix(arch)
+            backbone.fix(arch, full_width_outputs=True)  # the supernet's neck takes them
             sync = contextlib.nullcontext() if last or not hasattr(model, 'no_sync') \
                 else model.no_sync()
             stats = contextlib.nullcontext() if last else \

@@ -72,7 +72,7 @@ def test_one_iteration_is_the_mean_of_the_passes(tmp_path):
     # by hand: each pass's gradient, the mean of them
     reference.zero_grad()
     for arch in archs:
-        reference.backbone.fix(arch)
+        reference.backbone.fix(arch, full_width_outputs=True)
         (_losses(reference, batches[0]) / len(archs)).backward()
     reference.backbone.fix(None)
     grads = {k: p.grad.clone() for k, p in reference.named_parameters() if p.grad is not None}
@@ -105,6 +105,9 @@ def test_recalibrated_statistics_are_batch_averages_and_restored(tmp_path):
     model, batches = _setup(tmp_path, seed=1)
     backbone = model.backbone
     arch = backbone.smallest_arch()
+    for m in model.modules():  # statistics of a trained model: many batches behind them
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.num_batches_tracked.fill_(1000)
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     bn = backbone.stem.conv1.bn
     c = arch['widths'][0] // 2
@@ -124,7 +127,7 @@ def test_recalibrated_statistics_are_batch_averages_and_restored(tmp_path):
         assert torch.allclose(bn.running_var[:c], torch.stack(variances).mean(0), rtol=1e-4)
         assert bn.momentum == 0.1
         with torch.no_grad():
-            x = model.data_preprocessor(batches[0], False)['inputs']
+            x = model.data_preprocessor(batches[0], True)['inputs']
             recal = model.extract_feat(x)
     assert model.training and backbone.fixed_arch is None
     for key, value in model.state_dict().items():

@@ -260,12 +260,21 @@ class RankDumpHook(Hook):
 
 
 SUPERNET_SEG_DEMO = osp.join(ROOT, 'configs/demo/fpn_efficientformer-supernet-l1_scenes-demo.py')
+V2_SUPERNET_SEG_DEMO = osp.join(ROOT,
+                                'configs/demo/fpn_efficientformerv2-supernet-s2_scenes-demo.py')
+# a small V2 supernet, trained by the sandwich rule (smallest, 2 random, largest per iteration)
+V2_SMALL = ("model = dict(backbone=dict(arch=dict(widths=(16, 24, 48, 64), depths=(2, 2, 3, 3), "
+            "num_attn_blocks=2, mlp_ratios=((4, 4), (4, 4), (4, 4, 4), (4, 4, 4))), "
+            "min_widths=(8, 8, 16, 24)), neck=dict(in_channels=[16, 24, 48, 64]))\n")
 
 
-@pytest.mark.parametrize('base', [SEG_DEMO, SUPERNET_SEG_DEMO], ids=['l1', 'supernet'])
+@pytest.mark.parametrize('base', [SEG_DEMO, SUPERNET_SEG_DEMO, V2_SUPERNET_SEG_DEMO],
+                         ids=['l1', 'supernet', 'v2-supernet'])
 def test_dist_train_two_cpu_processes_agree(base, data, tmp_path):
-    """tools/dist_train.sh: 2 processes (torchrun, gloo) train the seg config (and the supernet
-    one: each rank draws its own Gumbel noise); ranks agree, architecture weights included."""
+    """tools/dist_train.sh: 2 processes (torchrun, gloo) train the seg config, the supernet one
+    (each rank draws its own Gumbel noise) and the V2 supernet one (the sandwich rule: passes
+    under no_sync, the same random sub-networks on both ranks); ranks agree, architecture
+    weights included."""
     (tmp_path / 'rank_dump.py').write_text(RANK_DUMP_HOOK)
     config = tmp_path / 'dist_cfg.py'
     config.write_text(f"_base_ = {base!r}\n"
@@ -273,7 +282,7 @@ def test_dist_train_two_cpu_processes_agree(base, data, tmp_path):
                       "allow_failed_imports=False)\n"
                       "custom_hooks = [dict(type='RankDumpHook')"
                       + (", dict(type='SupernetTemperatureHook')" if base == SUPERNET_SEG_DEMO
-                         else '') + ']\n')
+                         else '') + ']\n' + (V2_SMALL if base == V2_SUPERNET_SEG_DEMO else ''))
     work = str(tmp_path / 'work')
     opts = seg_options(data['ade'], iters=3, ckpt_interval=1)
     opts['train_dataloader.batch_size'] = 1
@@ -285,6 +294,7 @@ def test_dist_train_two_cpu_processes_agree(base, data, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'gloo backend, rank 0 of 2' in proc.stdout + proc.stderr
+    assert ('loss_smallest' in proc.stdout + proc.stderr) == (base == V2_SUPERNET_SEG_DEMO)
     r0, r1 = (torch.load(osp.join(work, f'rank{r}.pth')) for r in (0, 1))
     assert r0.keys() == r1.keys()
     for key in r0:
