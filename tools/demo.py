@@ -12,7 +12,7 @@
 4. prints the metrics next to the targets (box AP50 >= 0.5, mask AP50 >= 0.4, mIoU >= 0.6).
 
 Usage: python tools/demo.py [--only det|seg] [--threads 2] [--seed 0] [--strict] [--arch v2-s0]
-       python tools/demo.py --slim [--threads 2] [--seed 0]
+       python tools/demo.py --slim [--family v1|v2] [--threads 2] [--seed 0]
 
 ``--arch`` trains another backbone with the same recipe: 'l1' (default, the configs as they are),
 'l3', 'l7', or EfficientFormerV2 'v2-s0', 'v2-s1', 'v2-s2', 'v2-l' (from scratch, so its
@@ -23,7 +23,11 @@ measures the deployed L1 at 512x512 on this CPU (the budget), trains a supernet 
 slims it to that budget with the shipped 512x512 latency table (docs/latency/data, measured on
 an AMD EPYC with AVX2, 2 threads: it says when this CPU is another), trains the found
 sub-network and L1 the same way from scratch, and reports both mIoU and both measured
-latencies (also in work_dirs/demo/slim/report.json).
+latencies (also in work_dirs/demo/slim/report.json). ``--slim --family v2`` does the same for
+EfficientFormerV2: a slimmable supernet of S2's shape trained by the sandwich rule, slimmed to
+V2-S0's latency with docs/latency/data/lut_v2_512x512_torch_s0-s2.json (an Intel Xeon with
+AMX, 2 threads), each candidate's BatchNorm statistics recalibrated; the found sub-network and
+S0 trained the same way (work_dirs/demo/slim_v2/report.json).
 """
 import argparse
 import glob
@@ -161,37 +165,47 @@ def picture(task, checkpoint, num_images=6, cfg=None, arch='l1'):
     return path
 
 
-SLIM = dict(config='configs/demo/fpn_efficientformer-supernet-l3_scenes-demo.py',
-            table='docs/latency/data/lut_v1_512x512_torch.json', size=(512, 512),
-            work_dir='work_dirs/demo/slim', val_batches=8)
+SLIM = {
+    # the V1 search: a supernet of L3's shape slimmed to L1's latency
+    'v1': dict(config='configs/demo/fpn_efficientformer-supernet-l3_scenes-demo.py',
+               table='docs/latency/data/lut_v1_512x512_torch.json', size=(512, 512),
+               work_dir='work_dirs/demo/slim', val_batches=8, calib_batches=0,
+               reference='l1', reference_arch=('v1', 'l1')),
+    # the V2 search: a supernet of S2's shape (MLP ratio 4 everywhere) slimmed to S0's latency
+    'v2': dict(config='configs/demo/fpn_efficientformerv2-supernet-s2_scenes-demo.py',
+               table='docs/latency/data/lut_v2_512x512_torch_s0-s2.json', size=(512, 512),
+               work_dir='work_dirs/demo/slim_v2', val_batches=4, calib_batches=2,
+               reference='v2-s0', reference_arch=('v2', 's0')),
+}
 
 
-# how far the measured budget may be from the table's prediction of the same L1 on the table's
-# own host: beyond the table's target error (10 % worst) and a margin for drift
+# how far the measured budget may be from the table's prediction of the same reference on the
+# table's own host: beyond the table's target error (10 % worst) and a margin for drift
 BUDGET_TOLERANCE = 0.25
 
 
-def slim_budget(measured_ms, predicted_ms, foreign):
-    """The budget to slim to: L1 as measured here, when the table was built on this host and
-    predicts it within :data:`BUDGET_TOLERANCE`. A table of another host predicts in that
-    host's milliseconds, so the budget is then L1's prediction (the same model, in the table's
-    units; the subnet and L1 are still both measured here at the end). On the table's own host
-    a measurement far from the prediction is a busy machine (or a stale table): refused."""
+def slim_budget(measured_ms, predicted_ms, foreign, name='L1', family='v1'):
+    """The budget to slim to: the reference network (``name``) as measured here, when the table
+    was built on this host and predicts it within :data:`BUDGET_TOLERANCE`. A table of another
+    host predicts in that host's milliseconds, so the budget is then the reference's prediction
+    (the same model, in the table's units; the subnet and the reference are still both measured
+    here at the end). On the table's own host a measurement far from the prediction is a busy
+    machine (or a stale table): refused."""
     ratio = measured_ms / predicted_ms
     if abs(ratio - 1) <= BUDGET_TOLERANCE:
         return measured_ms
     if foreign:
         print(f'[slim] the table is of another host ({ratio:.2f}x its prediction here): slimming '
-              f'to L1 as the table predicts it, {predicted_ms:.1f} ms in that host\'s units')
+              f'to {name} as the table predicts it, {predicted_ms:.1f} ms in that host\'s units')
         return predicted_ms
     raise SystemExit(
-        f'[slim] error: L1 measured {measured_ms:.1f} ms here, {ratio:.2f}x what the table '
+        f'[slim] error: {name} measured {measured_ms:.1f} ms here, {ratio:.2f}x what the table '
         f'predicts for it ({predicted_ms:.1f} ms) on this same host: the machine is busy (or the '
         'table is stale). Stop the other jobs and run again, or rebuild the table '
-        '(tools/latency_table.py build --family v1 --size 512 512)')
+        f'(tools/latency_table.py build --family {family} --size 512 512)')
 
 
-def slim_demo(seed, threads):
+def slim_demo(seed, threads, family='v1'):
     """The search end to end (see the module docstring); returns the report dict."""
     import statistics
 
@@ -200,14 +214,16 @@ def slim_demo(seed, threads):
     from mmef.latency.measure import measure_models
     from mmef.latency.slim import slim_task
     from mmef.runtimes import cpu_info, flush_denormals, keep_freed_memory, runtime_info
+    spec = SLIM[family]
+    ref, ref_name = spec['reference'], spec['reference'].upper()
     make_data('seg', seed)
-    work = SLIM['work_dir']
-    table = LatencyTable.load(SLIM['table'])
+    work = spec['work_dir']
+    table = LatencyTable.load(spec['table'])
     keep_freed_memory()  # as the table was measured
     if table.meta.get('denormals') == 'flushed':
         flush_denormals()
     here = runtime_info('torch')
-    table.check(input_size=SLIM['size'], allocator=here['allocator'],
+    table.check(input_size=spec['size'], allocator=here['allocator'],
                 denormals=here['denormals'])
     here, there = cpu_info(), table.meta['cpu']
     foreign = (here['model'], sorted(here['flags'])) != (there['model'], sorted(there['flags'])) \
@@ -216,49 +232,60 @@ def slim_demo(seed, threads):
         print(f"[slim] NOTE: the table was measured on {there['model']} {there['flags']} with "
               f"{table.meta['threads']} threads; this is {here['model']} {here['flags']} with "
               f'{threads}: its predictions are for that machine (build one here: '
-              'tools/latency_table.py build --family v1 --size 512 512)')
+              f'tools/latency_table.py build --family {family} --size 512 512)')
 
     def measured(models):
-        times = measure_models(models, SLIM['size'], 'torch', threads=threads, runs=15)
+        times = measure_models(models, spec['size'], 'torch', threads=threads, runs=15)
         return {label: statistics.median(ms) for label, ms in times.items()}
 
-    budget, predicted = measured({'l1': ('v1', 'l1')})['l1'], table.predict('l1')
-    print(f'[slim] budget: deployed L1 at 512x512 measured {budget:.1f} ms here '
+    ref_family, ref_arch = spec['reference_arch']
+    budget = measured({ref: spec['reference_arch']})[ref]
+    predicted = table.predict(ref_arch)
+    print(f'[slim] budget: deployed {ref_name} at 512x512 measured {budget:.1f} ms here '
           f'(table predicts {predicted:.1f} ms)')
-    budget = slim_budget(budget, predicted, foreign)
-    cfg, _ = load_config(SLIM['config'])
+    budget = slim_budget(budget, predicted, foreign, ref_name, family)
+    cfg, _ = load_config(spec['config'])
     cfg.work_dir = osp.join(work, 'supernet')
     supernet_metrics, supernet_ckpt, supernet_s, _ = train_config(cfg, 'seg', seed)
     t0 = time.time()
-    steps = slim_task(SLIM['config'], supernet_ckpt, SLIM['table'], budget,
-                      osp.join(work, 'search'), val_batches=SLIM['val_batches'],
-                      input_size=SLIM['size'])
+    steps = slim_task(spec['config'], supernet_ckpt, spec['table'], budget,
+                      osp.join(work, 'search'), val_batches=spec['val_batches'],
+                      input_size=spec['size'], calib_batches=spec['calib_batches'])
     search_s = time.time() - t0
     arch = steps[-1]['backbone_arch']
     results = {}
-    for name, path in (('subnet', osp.join(work, 'search', 'subnet_config.py')),
-                       ('l1', TASKS['seg']['config'])):
-        cfg, _ = load_config(path)
+    for name in ('subnet', ref):
+        if name == 'subnet':
+            cfg, _ = load_config(osp.join(work, 'search', 'subnet_config.py'))
+        else:
+            cfg, _ = load_config(TASKS['seg']['config'])
+            if ref != 'l1':
+                backbone, widths = backbone_setting(ref)
+                cfg.merge_from_dict(dict(model=dict(backbone=backbone,
+                                                    neck=dict(in_channels=widths))))
         cfg.model.backbone.init_cfg = None  # both from scratch, the same recipe
         cfg.custom_hooks = []
         cfg.work_dir = osp.join(work, name)
         metrics, _, seconds, _ = train_config(cfg, 'seg', seed)
         results[name] = dict(mIoU=metrics['mIoU'], aAcc=metrics['aAcc'], train_s=seconds)
-    latency = measured({'subnet': ('v1', arch), 'l1': ('v1', 'l1')})
+    latency = measured({'subnet': (family, arch), ref: spec['reference_arch']})
     report = dict(
-        budget_ms=budget, table=table.describe(), found_arch=arch,
+        family=family, budget_ms=budget, table=table.describe(), found_arch=arch,
         predicted_ms=steps[-1]['latency_ms'], steps=len(steps) - 1,
+        actions={a: sum(s['action'] == a for s in steps[1:])
+                 for a in sorted({s['action'] for s in steps[1:]})},
         supernet=dict(mIoU=supernet_metrics['mIoU'], train_s=supernet_s), search_s=search_s,
         subnet=dict(results['subnet'], measured_ms=latency['subnet']),
-        l1=dict(results['l1'], measured_ms=latency['l1'], predicted_ms=table.predict('l1')))
+        reference=dict(results[ref], name=ref, measured_ms=latency[ref],
+                       predicted_ms=predicted))
     with open(osp.join(work, 'report.json'), 'w') as f:
         json.dump(report, f, indent=1)
     print('\n[slim] results (generated scenes; latencies of deployed backbones at 512x512, '
           f'torch, {threads} threads, medians of 15 runs, measured together)')
-    print(f"  budget (L1 measured first): {budget:.1f} ms; found in {len(steps) - 1} steps "
-          f"({search_s:.0f} s): {arch}, predicted {steps[-1]['latency_ms']:.1f} ms")
-    for name in ('subnet', 'l1'):
-        r = report[name]
+    print(f"  budget ({ref_name} measured first): {budget:.1f} ms; found in {len(steps) - 1} "
+          f"steps ({search_s:.0f} s; {report['actions']}): {arch}, predicted "
+          f"{steps[-1]['latency_ms']:.1f} ms")
+    for name, r in (('subnet', report['subnet']), (ref, report['reference'])):
         print(f"  {name:6s} mIoU {r['mIoU']:.2f}  measured {r['measured_ms']:.1f} ms  trained "
               f"in {r['train_s']:.0f} s")
     return report
@@ -275,13 +302,18 @@ def main(argv=None):
                         help='backbone to train (default l1: the demo configs as they are)')
     parser.add_argument('--slim', action='store_true',
                         help='the latency-driven search end to end (see above)')
+    parser.add_argument('--family', choices=sorted(SLIM), default='v1',
+                        help='with --slim: v1 (an L3-shaped supernet to L1\'s latency, default) '
+                        'or v2 (an S2-shaped V2 supernet to S0\'s latency)')
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # the demo configs use paths relative to the repository
     torch.set_num_threads(args.threads)
     if args.slim:
         if args.only or args.arch != 'l1' or args.strict:
             parser.error('--slim runs its own trainings: no --only / --arch / --strict')
-        slim_demo(args.seed, args.threads)
+    elif args.family != 'v1':
+        parser.error('--family chooses the search of --slim: add --slim')
+        slim_demo(args.seed, args.threads, args.family)
         return 0
     start = time.time()
     report = []
