@@ -311,10 +311,10 @@ def main(argv=None):
     if args.slim:
         if args.only or args.arch != 'l1' or args.strict:
             parser.error('--slim runs its own trainings: no --only / --arch / --strict')
-    elif args.family != 'v1':
-        parser.error('--family chooses the search of --slim: add --slim')
         slim_demo(args.seed, args.threads, args.family)
         return 0
+    if args.family != 'v1':
+        parser.error('--family chooses the search of --slim: add --slim')
     start = time.time()
     report = []
     for task in ([args.only] if args.only else ['det', 'seg']):
