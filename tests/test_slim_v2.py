@@ -185,3 +185,16 @@ def test_slim_tool_on_the_v2_supernet(tmp_path):
     with torch.no_grad():
         assert torch.allclose(subnet.encode_decode(x, meta), model.eval().encode_decode(x, meta),
                               atol=1e-4, rtol=1e-4)
+
+
+def test_measure_found_compares_the_measurement_with_the_target(capsys):
+    """--measure: the found backbone timed deployed as the table was (runtime, threads, size)."""
+    from mmef.latency.slim import measure_found
+    table = _table(size=(64, 64))
+    arch = EfficientFormerV2.parse_arch('s0')
+    ok = measure_found('v2', arch, table, target_ms=1e6, tolerance=0, runs=3)
+    assert ok['meets_target'] and 0 < ok['measured_ms'] < 1e6
+    missed = measure_found('v2', arch, table, target_ms=1e-3, tolerance=0.1, runs=3)
+    assert not missed['meets_target']
+    out = capsys.readouterr().out
+    assert 'MISSES it' in out and 'the table is of none: a synthetic table' in out

@@ -17,7 +17,10 @@ from _original_ref_v2 import ARCHS, make_original_v2
 from mmef.checkpoint.keys import to_mmef
 from tool_helpers import ROOT, tiny_ade, tiny_coco
 
-V2_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*', '*efficientformerv2*.py')))
+V2_CONFIGS = sorted(p for p in glob.glob(osp.join(ROOT, 'configs', '*', '*efficientformerv2*.py'))
+                    if 'supernet' not in p)
+V2_SUPERNET_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*',
+                                                '*efficientformerv2-supernet*.py')))
 
 
 def test_every_variant_has_both_configs():
@@ -70,6 +73,43 @@ def test_v2_config_recipe_and_model(path, tmp_path):
         expected = to_mmef(sd)
         for key, value in model.backbone.state_dict().items():
             assert torch.equal(value, expected[key]), key
+    with torch.no_grad():
+        feats = model.neck(model.backbone.eval()(torch.rand(1, 3, 64, 96)))
+    assert all(f.shape[1] == cfg.model.neck.out_channels for f in feats)
+
+
+@pytest.mark.parametrize('path', V2_SUPERNET_CONFIGS, ids=osp.basename)
+def test_v2_supernet_config(path, tmp_path):
+    """The V2 supernet configs: the recipe they inherit, an EfficientFormerV2Supernet trained by
+    a sandwich loop; the real ones start from the released V2-L ImageNet file (written here in
+    the original format), which fills the whole supernet."""
+    from mmengine.registry import LOOPS
+    cfg = Config.fromfile(path)
+    assert cfg.custom_imports == dict(imports=['mmef'], allow_failed_imports=False)
+    backbone = cfg.model.backbone
+    assert backbone.type == 'EfficientFormerV2Supernet'
+    assert cfg.train_cfg.type in ('SandwichIterBasedTrainLoop', 'SandwichEpochBasedTrainLoop')
+    assert LOOPS.get(cfg.train_cfg.type).__name__ == cfg.train_cfg.type
+    if '/demo/' in path:
+        assert backbone.init_cfg is None and backbone.arch['widths'] == (32, 64, 144, 288)
+        assert cfg.train_cfg.num_random == 1
+    else:
+        assert backbone.arch == 'l' and backbone.norm_eval is True
+        assert cfg.train_cfg.num_random == 2
+        assert (cfg.optim_wrapper.optimizer.type, cfg.optim_wrapper.optimizer.lr) == \
+            ('AdamW', 2e-4)
+        assert backbone.init_cfg.checkpoint.endswith('eformer_l_450.pth')
+        sd = make_original_v2('l', seed=3)
+        save_imagenet_checkpoint(tmp_path / 'eformer_l_450.pth', sd)
+        cfg.model.backbone.init_cfg.checkpoint = str(tmp_path / 'eformer_l_450.pth')
+    model = _build(cfg)
+    model.backbone.init_weights()
+    if backbone.init_cfg is not None:
+        expected = to_mmef(sd)
+        for key, value in model.backbone.state_dict().items():
+            assert torch.equal(value, expected[key]), key
+    widths = list(model.backbone.widths)
+    assert list(cfg.model.neck.in_channels) == widths
     with torch.no_grad():
         feats = model.neck(model.backbone.eval()(torch.rand(1, 3, 64, 96)))
     assert all(f.shape[1] == cfg.model.neck.out_channels for f in feats)

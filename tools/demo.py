@@ -174,7 +174,7 @@ SLIM = {
     # the V2 search: a supernet of S2's shape (MLP ratio 4 everywhere) slimmed to S0's latency
     'v2': dict(config='configs/demo/fpn_efficientformerv2-supernet-s2_scenes-demo.py',
                table='docs/latency/data/lut_v2_512x512_torch_s0-s2.json', size=(512, 512),
-               work_dir='work_dirs/demo/slim_v2', val_batches=4, calib_batches=2,
+               work_dir='work_dirs/demo/slim_v2', val_batches=4, calib_batches=1,
                reference='v2-s0', reference_arch=('v2', 's0')),
 }
 

@@ -94,17 +94,15 @@ class SubnetSlicing:
     normalises an arch. Gives :meth:`fix`, :meth:`fixed_arch`, :meth:`extract` and
     :meth:`fixed_forward`; the supernet's ``__init__`` sets ``self._fixed = None``."""
 
-    def _sliced(self, module, names):
-        """The supernet's tensors for ``module``'s keys: leading slices (views) of the shapes."""
+    def _sliced(self, shapes, names):
+        """The supernet's tensors for a sub-network's keys (``shapes``: {key: shape}): leading
+        slices (views) of the supernet's tensors named by ``names``."""
+        if set(shapes) != set(names):
+            raise RuntimeError(f'internal error: sub-network keys differ from the key map '
+                               f'({sorted(set(shapes) ^ set(names))[:4]})')
         own = dict(self.named_parameters())
         own.update(self.named_buffers())
-        tensors = {}
-        for key, target in module.state_dict().items():
-            tensors[key] = leading_slice(own[names[key]], target.shape)
-        if set(tensors) != set(names):
-            raise RuntimeError(f'internal error: sub-network keys differ from the key map '
-                               f'({sorted(set(tensors) ^ set(names))[:4]})')
-        return tensors
+        return {key: leading_slice(own[names[key]], shape) for key, shape in shapes.items()}
 
     def fix(self, arch, full_width_outputs=False):
         """From now on the forward computes exactly the sub-network ``arch`` (the first channels
@@ -121,9 +119,12 @@ class SubnetSlicing:
             self._fixed = None
             return
         arch = self.check_subnet(arch)
-        module = self._subnet_module(arch)
-        module.to(next(self.parameters()).device)
-        self._fixed = (arch, module, self.subnet_keys(arch), bool(full_width_outputs))
+        # on the meta device: the forward gives it every tensor (the supernet's), so its own
+        # are never allocated nor initialised
+        with torch.device('meta'):
+            module = self._subnet_module(arch)
+        shapes = {k: v.shape for k, v in module.state_dict().items()}
+        self._fixed = (arch, module, self.subnet_keys(arch), shapes, bool(full_width_outputs))
 
     @property
     def fixed_arch(self):
@@ -136,25 +137,26 @@ class SubnetSlicing:
         mode."""
         arch = self.check_subnet(arch)
         module = self._subnet_module(arch)
-        tensors = self._sliced(module, self.subnet_keys(arch))
+        shapes = {k: v.shape for k, v in module.state_dict().items()}
+        tensors = self._sliced(shapes, self.subnet_keys(arch))
         module.load_state_dict({k: v.detach().clone() for k, v in tensors.items()})
         return module.to(next(self.parameters()).device).train(self.training)
 
     @property
     def fixed_module(self):
-        """The plain backbone the fixed forward runs (its own tensors are unused: the forward
-        gives it the supernet's), None when nothing is fixed; e.g. to set its BatchNorm
+        """The plain backbone the fixed forward runs (on the meta device: the forward gives it
+        the supernet's tensors), None when nothing is fixed; e.g. to set its BatchNorm
         momentum."""
         return None if self._fixed is None else self._fixed[1]
 
     def fixed_forward(self, x):
         """The forward of the fixed sub-network (see :meth:`fix`)."""
-        _, module, names, full_width = self._fixed
+        _, module, names, shapes, full_width = self._fixed
         module.train(self.training)
         for m in module.modules():
             if hasattr(m, 'clear_bias_cache'):  # the tables are the supernet's, may change
                 m.clear_bias_cache()
-        outs = functional_call(module, self._sliced(module, names), (x,))
+        outs = functional_call(module, self._sliced(shapes, names), (x,))
         if full_width:
             outs = tuple(F.pad(out, (0, 0, 0, 0, 0, self.widths[i] - out.shape[1]))
                          for i, out in zip(self.out_indices, outs))

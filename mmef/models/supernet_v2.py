@@ -166,20 +166,20 @@ class EfficientFormerV2Supernet(SubnetSlicing, EfficientFormerV2):
         :meth:`extract` and :meth:`fix`; tensors are taken as their leading slices)."""
         arch = self.check_subnet(arch)
         sources = self.source_blocks(arch['depths'], arch['num_attn_blocks'])
-        names = {}
+        names, blocks = {}, {}
         for key in self.state_dict():
-            parts = key.split('.')
-            if not (parts[0] == 'stages' and parts[2] == 'blocks'):
+            parts = key.split('.', 4)
+            if parts[0] == 'stages' and parts[2] == 'blocks':  # stages.i.blocks.j.rest
+                blocks.setdefault((int(parts[1]), int(parts[3])), []).append((parts[4], key))
+            else:
                 names[key] = key  # stem, downsampling (with stage 4's attention)
         for i, source in enumerate(sources):
             d, n = arch['depths'][i], arch['num_attn_blocks'] if i >= 2 else 0
             for k, j in enumerate(source):
-                prefix = f'stages.{i}.blocks.{j}.'
-                parts = None if k >= d - n else ('mlp.', 'ls2.')  # an FFN block: its MLP only
-                for key in self.state_dict():
-                    if key.startswith(prefix) and (
-                            parts is None or key[len(prefix):].startswith(parts)):
-                        names[f'stages.{i}.blocks.{k}.{key[len(prefix):]}'] = key
+                ffn = k < d - n  # an FFN block: its MLP only
+                for rest, key in blocks[(i, j)]:
+                    if not ffn or rest.startswith(('mlp.', 'ls2.')):
+                        names[f'stages.{i}.blocks.{k}.{rest}'] = key
         return names
 
     def _subnet_module(self, arch):
