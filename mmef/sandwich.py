@@ -17,14 +17,14 @@ evaluates as the largest network. Before a smaller sub-network is evaluated,
 :func:`recalibrated` recomputes the statistics it sees (the backbone's and the neck's / head's)
 on training batches and restores the supernet's afterwards.
 
-In-place distillation (the sub-networks learning from the largest's predictions) is not
-implemented: for detection it needs a per-head design, and the DDP order above puts the largest
-last.
+**In-place distillation** (``distill=dict(weight=W)`` in the loop's config, off by default):
+the smaller passes also learn the largest network's neck features (:func:`sandwich_step`).
 """
 import contextlib
 import random
 
 import torch
+import torch.nn.functional as F
 from mmengine.model import is_model_wrapper
 from mmengine.registry import LOOPS
 from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
@@ -74,17 +74,51 @@ def running_stats_kept(*modules):
             m.momentum = momentum
 
 
-def sandwich_step(model, data_batch, optim_wrapper, archs):
+def check_distill(distill):
+    """A normalised copy of the ``distill`` option (None: off); ValueError naming the fix."""
+    if distill is None:
+        return None
+    if not isinstance(distill, dict) or set(distill) - {'weight'}:
+        raise ValueError(f"distill is None or dict(weight=W) (in-place distillation of the "
+                         f"features the neck gives), got {distill!r}")
+    weight = distill.get('weight', 1.0)
+    if not (isinstance(weight, (int, float)) and weight > 0):
+        raise ValueError(f'distill weight must be a positive number, got {weight!r}')
+    return dict(weight=float(weight))
+
+
+def _features_of(module):
+    """The module whose outputs are distilled: the neck, or the backbone without one."""
+    return module.neck if getattr(module, 'with_neck', False) else module.backbone
+
+
+def sandwich_step(model, data_batch, optim_wrapper, archs, distill=None):
     """One sandwich iteration (see the module docstring); returns the log variables: the
-    largest network's losses, ``loss_smallest`` and ``loss_sandwich`` (mean over passes)."""
+    largest network's losses, ``loss_smallest`` and ``loss_sandwich`` (mean over passes).
+
+    ``distill=dict(weight=W)``: in-place distillation. The largest network (``archs[-1]``)
+    first computes the features its neck gives (no gradients, running statistics kept); every
+    other pass adds ``W *`` the mean squared difference between its own neck features and those
+    (summed over levels) to its loss, logged as ``loss_distill`` (of the smallest pass).
+    Features rather than predictions, so that one rule serves mmdet's detectors and mmseg's
+    segmentors; the teacher is an extra forward, so the largest pass can stay last for DDP."""
     module, backbone = _backbone(model)
+    distill = check_distill(distill)
     if getattr(optim_wrapper, '_accumulative_counts', 1) != 1:
         raise ValueError('the sandwich rule accumulates the gradients of its passes itself: '
                          'remove accumulative_counts from optim_wrapper')
-    total, logs = 0., {}
+    total, logs, teacher, captured = 0., {}, None, []
+    hook = None
     try:
         with optim_wrapper.optim_context(model):
             data = module.data_preprocessor(data_batch, training=True)
+        if distill:
+            backbone.fix(archs[-1], full_width_outputs=True)
+            with torch.no_grad(), running_stats_kept(module, backbone.fixed_module), \
+                    optim_wrapper.optim_context(model):
+                teacher = [f.detach() for f in module.extract_feat(data['inputs'])]
+            hook = _features_of(module).register_forward_hook(
+                lambda m, args, out: captured.append(out))
         for p, arch in enumerate(archs):
             last = p == len(archs) - 1
             backbone.fix(arch, full_width_outputs=True)  # the supernet's neck takes them
@@ -92,16 +126,28 @@ def sandwich_step(model, data_batch, optim_wrapper, archs):
                 else model.no_sync()
             stats = contextlib.nullcontext() if last else \
                 running_stats_kept(module, backbone.fixed_module)
+            captured.clear()
             with sync, stats, optim_wrapper.optim_context(model):
                 losses = model(**data, mode='loss')
+                if distill and not last:
+                    if len(captured) != 1:
+                        raise RuntimeError(f'in-place distillation expected one forward of '
+                                           f'{type(_features_of(module)).__name__} per pass, '
+                                           f'saw {len(captured)}')
+                    losses['loss_distill'] = distill['weight'] * sum(
+                        F.mse_loss(s, t) for s, t in zip(captured[0], teacher))
                 loss, log_vars = module.parse_losses(losses)
                 optim_wrapper.backward(loss / len(archs))
             total += float(loss.detach())
             if p == 0:
                 logs['loss_smallest'] = loss.detach()
+                if distill:
+                    logs['loss_distill'] = log_vars['loss_distill']
             if last:
                 logs.update(log_vars)
     finally:
+        if hook is not None:
+            hook.remove()
         backbone.fix(None)
     optim_wrapper.step()
     optim_wrapper.zero_grad()
@@ -112,10 +158,11 @@ def sandwich_step(model, data_batch, optim_wrapper, archs):
 class _Sandwich:
     """The iteration of both sandwich loops."""
 
-    def _check_sandwich(self, num_random):
+    def _check_sandwich(self, num_random, distill):
         if not (isinstance(num_random, int) and num_random >= 0):
             raise ValueError(f'num_random must be an int >= 0, got {num_random!r}')
         self.num_random = num_random
+        self.distill = check_distill(distill)
         _backbone(self.runner.model)
 
     def _sandwich_iter(self, batch_idx, data_batch):
@@ -123,7 +170,8 @@ class _Sandwich:
         runner.call_hook('before_train_iter', batch_idx=batch_idx, data_batch=data_batch)
         _, backbone = _backbone(runner.model)
         archs = sandwich_archs(backbone, runner.seed, self._iter, self.num_random)
-        outputs = sandwich_step(runner.model, data_batch, runner.optim_wrapper, archs)
+        outputs = sandwich_step(runner.model, data_batch, runner.optim_wrapper, archs,
+                                self.distill)
         runner.call_hook('after_train_iter', batch_idx=batch_idx, data_batch=data_batch,
                          outputs=outputs)
         self._iter += 1
@@ -136,14 +184,16 @@ class SandwichIterBasedTrainLoop(_Sandwich, IterBasedTrainLoop):
     Args:
         num_random (int): Random sub-networks per iteration besides the smallest and the
             largest. Defaults to 2.
+        distill (dict, optional): ``dict(weight=W)`` for in-place distillation
+            (:func:`sandwich_step`). Defaults to None (off).
         others: as for ``IterBasedTrainLoop``.
     """
 
     def __init__(self, runner, dataloader, max_iters, val_begin=1, val_interval=1000,
-                 dynamic_intervals=None, num_random=2):
+                 dynamic_intervals=None, num_random=2, distill=None):
         super().__init__(runner, dataloader, max_iters, val_begin, val_interval,
                          dynamic_intervals)
-        self._check_sandwich(num_random)
+        self._check_sandwich(num_random, distill)
 
     def run_iter(self, data_batch):
         self._sandwich_iter(self._iter, data_batch)
@@ -156,14 +206,16 @@ class SandwichEpochBasedTrainLoop(_Sandwich, EpochBasedTrainLoop):
     Args:
         num_random (int): Random sub-networks per iteration besides the smallest and the
             largest. Defaults to 2.
+        distill (dict, optional): ``dict(weight=W)`` for in-place distillation
+            (:func:`sandwich_step`). Defaults to None (off).
         others: as for ``EpochBasedTrainLoop``.
     """
 
     def __init__(self, runner, dataloader, max_epochs, val_begin=1, val_interval=1,
-                 dynamic_intervals=None, num_random=2):
+                 dynamic_intervals=None, num_random=2, distill=None):
         super().__init__(runner, dataloader, max_epochs, val_begin, val_interval,
                          dynamic_intervals)
-        self._check_sandwich(num_random)
+        self._check_sandwich(num_random, distill)
 
     def run_iter(self, idx, data_batch):
         self._sandwich_iter(idx, data_batch)

@@ -63,7 +63,11 @@ def test_archs_of_an_iteration():
     assert sandwich_archs(net, 0, 6, 2)[1:3] != archs[1:3]  # and new each iteration
 
 
-def test_one_iteration_is_the_mean_of_the_passes(tmp_path):
+@pytest.mark.parametrize('distill', [None, dict(weight=0.5)], ids=['plain', 'distill'])
+def test_one_iteration_is_the_mean_of_the_passes(tmp_path, distill):
+    """The update is the mean of the passes' gradients computed here by hand; with in-place
+    distillation each smaller pass's loss also has 0.5 * the squared distance of its neck
+    features to the largest network's (computed first, without gradients)."""
     from mmengine.optim import build_optim_wrapper
     model, batches = _setup(tmp_path)
     backbone = model.backbone
@@ -71,17 +75,30 @@ def test_one_iteration_is_the_mean_of_the_passes(tmp_path):
     reference = copy.deepcopy(model)
     # by hand: each pass's gradient, the mean of them
     reference.zero_grad()
+    if distill:
+        reference.backbone.fix(archs[-1], full_width_outputs=True)
+        with torch.no_grad():
+            x = reference.data_preprocessor(batches[0], True)['inputs']
+            teacher = reference.neck(reference.backbone(x))
+        feats = {}
+        reference.neck.register_forward_hook(lambda m, a, out: feats.update(out=out))
     for arch in archs:
         reference.backbone.fix(arch, full_width_outputs=True)
-        (_losses(reference, batches[0]) / len(archs)).backward()
+        loss = _losses(reference, batches[0])
+        if distill and arch is not archs[-1]:
+            loss = loss + 0.5 * sum(((s - t) ** 2).mean() for s, t in zip(feats['out'], teacher))
+        (loss / len(archs)).backward()
     reference.backbone.fix(None)
     grads = {k: p.grad.clone() for k, p in reference.named_parameters() if p.grad is not None}
     before = {k: p.detach().clone() for k, p in model.named_parameters()}
     stats = {k: v.clone() for k, v in model.state_dict().items() if 'running_mean' in k}
     wrapper = build_optim_wrapper(model, dict(optimizer=dict(type='SGD', lr=1.0)))
-    logs = sandwich_step(model, batches[0], wrapper, archs)
+    logs = sandwich_step(model, batches[0], wrapper, archs, distill)
     assert backbone.fixed_arch is None
     assert set(logs) >= {'loss', 'loss_smallest', 'loss_sandwich'}
+    assert ('loss_distill' in logs) == bool(distill)
+    if distill:
+        assert float(logs['loss_distill']) > 1e-4  # the smallest is not the largest
     moved = 0
     for key, param in model.named_parameters():
         step = before[key] - param.detach()
@@ -149,6 +166,15 @@ def test_trains_with_tools_train(tmp_path):
     log = runner.message_hub.log_scalars
     assert 'train/loss_smallest' in log and 'train/loss_sandwich' in log
     assert osp.isfile(osp.join(str(tmp_path / 'work'), 'iter_2.pth'))
+
+
+def test_distill_option_is_checked():
+    from mmef.sandwich import check_distill
+    assert check_distill(None) is None and check_distill(dict(weight=2)) == dict(weight=2.0)
+    with pytest.raises(ValueError, match=r'dict\(weight=W\)'):
+        check_distill(dict(wieght=1.0))
+    with pytest.raises(ValueError, match='positive'):
+        check_distill(dict(weight=0))
 
 
 def test_a_plain_backbone_is_refused(tmp_path):
