@@ -98,8 +98,9 @@ def sandwich_step(model, data_batch, optim_wrapper, archs, distill=None):
 
     ``distill=dict(weight=W)``: in-place distillation. The largest network (``archs[-1]``)
     first computes the features its neck gives (no gradients, running statistics kept); every
-    other pass adds ``W *`` the mean squared difference between its own neck features and those
-    (summed over levels) to its loss, logged as ``loss_distill`` (of the smallest pass).
+    other pass adds ``W *`` the mean squared difference between its own neck features and those,
+    relative to their mean square (scale-free: features of an untrained network can be large),
+    summed over levels, to its loss, logged as ``loss_distill`` (of the smallest pass).
     Features rather than predictions, so that one rule serves mmdet's detectors and mmseg's
     segmentors; the teacher is an extra forward, so the largest pass can stay last for DDP."""
     module, backbone = _backbone(model)
@@ -135,7 +136,8 @@ def sandwich_step(model, data_batch, optim_wrapper, archs, distill=None):
                                            f'{type(_features_of(module)).__name__} per pass, '
                                            f'saw {len(captured)}')
                     losses['loss_distill'] = distill['weight'] * sum(
-                        F.mse_loss(s, t) for s, t in zip(captured[0], teacher))
+                        F.mse_loss(s, t) / t.square().mean().clamp_min(1e-12)
+                        for s, t in zip(captured[0], teacher))
                 loss, log_vars = module.parse_losses(losses)
                 optim_wrapper.backward(loss / len(archs))
             total += float(loss.detach())

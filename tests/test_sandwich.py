@@ -67,7 +67,8 @@ def test_archs_of_an_iteration():
 def test_one_iteration_is_the_mean_of_the_passes(tmp_path, distill):
     """The update is the mean of the passes' gradients computed here by hand; with in-place
     distillation each smaller pass's loss also has 0.5 * the squared distance of its neck
-    features to the largest network's (computed first, without gradients)."""
+    features to the largest network's (computed first, without gradients), relative to their
+    mean square."""
     from mmengine.optim import build_optim_wrapper
     model, batches = _setup(tmp_path)
     backbone = model.backbone
@@ -86,7 +87,8 @@ def test_one_iteration_is_the_mean_of_the_passes(tmp_path, distill):
         reference.backbone.fix(arch, full_width_outputs=True)
         loss = _losses(reference, batches[0])
         if distill and arch is not archs[-1]:
-            loss = loss + 0.5 * sum(((s - t) ** 2).mean() for s, t in zip(feats['out'], teacher))
+            loss = loss + 0.5 * sum(((s - t) ** 2).mean() / (t ** 2).mean()
+                                    for s, t in zip(feats['out'], teacher))
         (loss / len(archs)).backward()
     reference.backbone.fix(None)
     grads = {k: p.grad.clone() for k, p in reference.named_parameters() if p.grad is not None}
