@@ -186,3 +186,24 @@ def test_a_plain_backbone_is_refused(tmp_path):
     with pytest.raises(TypeError, match='slimmable supernet.*got EfficientFormer:'):
         train_tool.main([osp.join(ROOT, 'configs/demo/fpn_efficientformer-l1_scenes-demo.py'),
                          '--work-dir', str(tmp_path / 'work')] + as_argv(opts))
+
+
+def test_mask_rcnn_trains_with_the_epoch_loop(tmp_path):
+    """The epoch-based sandwich loop trains mmdet's Mask R-CNN (the det demo config with a small
+    V2 supernet) through tools/train.py; the two iterations log the sandwich losses."""
+    from tool_helpers import DET_DEMO, det_options, tiny_coco
+    from tools import train as train_tool
+    config = tmp_path / 'det_supernet.py'
+    config.write_text(
+        f'_base_ = {DET_DEMO!r}\n'
+        f"model = dict(backbone=dict(_delete_=True, type='EfficientFormerV2Supernet', "
+        f'arch={SMALL!r}, min_widths=(8, 8, 16, 24), init_cfg=None),\n'
+        f'             neck=dict(in_channels={list(SMALL["widths"])!r}))\n'
+        "train_cfg = dict(type='SandwichEpochBasedTrainLoop', num_random=1)\n")
+    opts = det_options(tiny_coco(str(tmp_path / 'coco')), epochs=1)
+    opts['train_cfg.val_interval'] = 2  # training only
+    runner = train_tool.main([str(config), '--work-dir', str(tmp_path / 'work')] + as_argv(opts))
+    assert type(runner.train_loop).__name__ == 'SandwichEpochBasedTrainLoop'
+    assert runner.iter == 2
+    log = runner.message_hub.log_scalars
+    assert {'train/loss_smallest', 'train/loss_sandwich', 'train/loss_mask'} <= set(log)
