@@ -162,7 +162,8 @@ def test_trains_with_tools_train(tmp_path):
     from tools import train as train_tool
     opts = seg_options(tiny_ade(str(tmp_path / 'ade')), iters=2)
     opts['train_cfg.val_interval'] = 100  # training only
-    runner = train_tool.main([small_config(tmp_path), '--work-dir', str(tmp_path / 'work')] + as_argv(opts))
+    runner = train_tool.main([small_config(tmp_path), '--work-dir', str(tmp_path / 'work')]
+                             + as_argv(opts))
     assert type(runner.train_loop).__name__ == 'SandwichIterBasedTrainLoop'
     assert runner.iter == 2
     log = runner.message_hub.log_scalars

@@ -2,7 +2,8 @@
 input size and hardware, with a latency table of tools/latency_table.py.
 
 Example:
-    python tools/slim.py configs/supernet/fpn_efficientformerv2-supernet-l_8xb4-40k_ade20k-512x512.py \\
+    python tools/slim.py \\
+        configs/supernet/fpn_efficientformerv2-supernet-l_8xb4-40k_ade20k-512x512.py \\
         work_dirs/supernet/iter_40000.pth --table work_dirs/lut_v2_512x512.json --target-ms 120 \\
         --work-dir work_dirs/slim --measure
 

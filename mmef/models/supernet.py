@@ -265,16 +265,16 @@ class EfficientFormerSupernet(SubnetSlicing, EfficientFormerBase):
         for i, (width, most) in enumerate(zip(widths, self.arch['widths'])):
             if not (isinstance(width, int) and WIDTH_STEP <= width <= most
                     and width % WIDTH_STEP == 0):
-                raise ValueError(f'widths[{i}] (stage {i + 1}) must be a multiple of {WIDTH_STEP} in '
-                                 f'[{WIDTH_STEP}, {most}], got {width!r}')
+                raise ValueError(f'widths[{i}] (stage {i + 1}) must be a multiple of '
+                                 f'{WIDTH_STEP} in [{WIDTH_STEP}, {most}], got {width!r}')
         for i, (choices, stage) in enumerate(zip(blocks, self.stages)):
             if len(choices) != len(stage.blocks):
                 raise ValueError(f'stage {i + 1} has {len(stage.blocks)} blocks, the arch gives '
                                  f'{len(choices)} choices')
             for j, (choice, block) in enumerate(zip(choices, stage.blocks)):
                 if choice not in block.choices:
-                    raise ValueError(f'block {j + 1} of stage {i + 1} chooses from {block.choices}, got '
-                                     f'{choice!r}')
+                    raise ValueError(f'block {j + 1} of stage {i + 1} chooses from '
+                                     f'{block.choices}, got {choice!r}')
             kept = [c for c in choices if c != 'identity']
             if not kept:
                 raise ValueError(f'stage {i + 1} must keep at least one block')
