@@ -224,11 +224,14 @@ def cmd_study(args):
         print(f"| {r['label']}{fitted} | {r['predicted_ms']:.1f} | {r['measured_ms']:.1f} | "
               f"{100 * r['error']:+.1f} % |")
     s = result['summary']
+    fastest = (f"{100 * s['minima']['median_abs_error']:.1f} %, "
+               f"{100 * s['minima']['worst_abs_error']:.1f} %, "
+               f"{spearman_text(dict(s['minima'], n=s['n']))} (fastest runs)") \
+        if s['minima'] else 'fastest runs not compared: the entries were timed in-graph, as ' \
+        'differences'
     print(f"{s['n']} archs: median |error| {100 * s['median_abs_error']:.1f} %, worst "
           f"{100 * s['worst_abs_error']:.1f} %, Spearman {spearman_text(s)} (medians); "
-          f"{100 * s['minima']['median_abs_error']:.1f} %, "
-          f"{100 * s['minima']['worst_abs_error']:.1f} %, "
-          f"{spearman_text(dict(s['minima'], n=s['n']))} (fastest runs)")
+          + fastest)
     if args.out:
         _write_json(args.out, dict(kind='study', **result))
 

@@ -160,8 +160,12 @@ def prediction_study(table, archs, runs=10, warmup=3, progress=None, paired=Fals
     used = {label: table.used(arch) for label, arch in archs.items()}
     table_ms = {label: table.predict(arch) for label, arch in archs.items()}
     # the same from the entries' fastest runs, against the fastest whole run: load from other
-    # processes only adds time, so the minima are the least disturbed estimates
-    predicted_min = {label: table.predict(arch, stat='min') for label, arch in archs.items()}
+    # processes only adds time, so the minima are the least disturbed estimates (not for
+    # entries timed in-graph, whose runs are differences of two models' runs)
+    from .table import in_graph
+    minima = not in_graph(m['runtime'])
+    predicted_min = {label: table.predict(arch, stat='min') if minima else None
+                     for label, arch in archs.items()}
     before_round, entry_ms = None, {}
     if paired:
         from .table import EntryTimer
@@ -189,7 +193,7 @@ def prediction_study(table, archs, runs=10, warmup=3, progress=None, paired=Fals
         rounds = {label: [table.corrected(u, {key: v[r] for key, v in entry_ms.items()})
                           for r in range(runs)] for label, u in used.items()}
         predicted = {label: statistics.median(v) for label, v in rounds.items()}
-        predicted_min = {label: min(v) for label, v in rounds.items()}
+        predicted_min = {label: min(v) if minima else None for label, v in rounds.items()}
     else:
         predicted = table_ms
     fitted_on = (table.meta.get('correction') or {}).get('fitted_on', [])
@@ -207,15 +211,16 @@ def prediction_study(table, archs, runs=10, warmup=3, progress=None, paired=Fals
                          raw_ms=table.predict(arch, raw=True),
                          error=predicted[label] / measured - 1))
     errors = [abs(r['error']) for r in rows]
-    min_errors = [abs(r['predicted_min_ms'] / r['measured_min'] - 1) for r in rows]
     summary = dict(n=len(rows), median_abs_error=statistics.median(errors),
                    worst_abs_error=max(errors),
                    spearman=spearman([r['predicted_ms'] for r in rows],
-                                     [r['measured_ms'] for r in rows]),
-                   minima=dict(median_abs_error=statistics.median(min_errors),
-                               worst_abs_error=max(min_errors),
-                               spearman=spearman([r['predicted_min_ms'] for r in rows],
-                                                 [r['measured_min'] for r in rows])))
+                                     [r['measured_ms'] for r in rows]), minima=None)
+    if minima:
+        min_errors = [abs(r['predicted_min_ms'] / r['measured_min'] - 1) for r in rows]
+        summary['minima'] = dict(median_abs_error=statistics.median(min_errors),
+                                 worst_abs_error=max(min_errors),
+                                 spearman=spearman([r['predicted_min_ms'] for r in rows],
+                                                   [r['measured_min'] for r in rows]))
     result = dict(table=table.describe(), meta={k: m[k] for k in (
         'family', 'input_size', 'batch', 'runtime', 'runtime_version', 'device', 'threads',
         'dtype', 'cpu', 'allocator', 'denormals') if k in m}, runs=runs, warmup=warmup,

@@ -15,7 +15,10 @@ the quartiles. An entry far slower than its neighbours of other widths is timed 
 (:func:`retime_outliers`) and its statistics are then those of all its runs.
 Each entry is timed in its deployed form right after the part that precedes it in a network
 (:func:`mmef.latency.blocks.context_of`), so its weights and input are as cold or warm in cache as
-they are there; only the entry itself is inside the timer.
+they are there; only the entry itself is inside the timer. On OpenVINO (:func:`in_graph`) the
+entry and its context are compiled as one model and the context alone as another, and the entry's
+time is the difference (:class:`EntryTimer`): a compiled model's input and output boundary costs
+more there than many blocks, and a network's blocks do not cross one.
 """
 import datetime
 import json
@@ -25,14 +28,21 @@ import sys
 import time
 from collections import defaultdict
 
-from .blocks import Entry, arch_entries, build_entry, context_of, space_entries
+from .blocks import (Entry, arch_entries, build_entry, context_of, in_graph_models,
+                     space_entries)
 from .space import SearchSpace
 
 FORMAT = 1
 # what makes a table valid for a question: these must match the one asked
 VALIDITY = ('family', 'input_size', 'batch', 'runtime', 'device', 'allocator', 'denormals')
 BUSY_RETRIES = 2  # an entry timed on a busy machine is timed this many more times
-CONTEXT_PAUSE_S = 0.02  # OpenVINO: after an entry's context, before the entry (EntryTimer)
+METHODS = {  # how the entries were timed (EntryTimer), recorded in a table's meta
+    'chained': 'each entry deployed, timed right after the part that precedes it in a network '
+               '(its context); median of the timed runs',
+    'in-graph': 'each entry deployed and compiled in one model with the part that precedes it in '
+                'a network (its context), the context alone in another; median of the differences '
+                'of their runs, each right after an untimed run of the same model'}
+CONTEXT_PAUSE_S = 0.02  # OpenVINO: before each run of another model (EntryTimer)
 
 
 class TableMismatch(ValueError):
@@ -284,20 +294,54 @@ class _Progress:
             self.stream.write('\n')
 
 
+def in_graph(runtime):
+    """Whether ``runtime``'s entries are timed inside one compiled graph with their context
+    (:func:`mmef.latency.blocks.in_graph_models`) rather than after it: OpenVINO, whose model
+    boundaries cost more than many blocks (module docstring)."""
+    return runtime.startswith('openvino')
+
+
 class EntryTimer:
-    """``entry`` deployed and compiled for a runtime, with its context: :meth:`time` runs the
-    context and then the timed entry, as many times as asked. The timer holds the entry's
-    forward and the release of its input, as inside a network (the next part frees what the
-    previous one made). ``contexts`` caches the compiled context modules between timers (a
-    dict)."""
+    """``entry`` deployed and compiled for a runtime, with its context: :meth:`time` times it
+    as many times as asked. ``contexts`` caches compiled context modules between timers (a
+    dict).
+
+    PyTorch and onnxruntime: the context runs (compiled on its own) and then the timed entry;
+    the timer holds the entry's forward and the release of its input, as inside a network (the
+    next part frees what the previous one made).
+
+    OpenVINO (:func:`in_graph`): the context and the entry are compiled as one model and the
+    context alone as another (:func:`mmef.latency.blocks.in_graph_models`); each round times
+    one run of each, each run right after an untimed run of the same model (OpenVINO gives
+    each compiled model its own threads: the run before wakes them, and a short pause before
+    it lets the other model's threads settle), and the entry's time is the difference.
+    The times are then differences, whose spread says little; :attr:`samples` holds the runs
+    of the two models, where a busy machine shows.
+    """
 
     def __init__(self, family, entry, input_size, runtime, device, threads, batch,
                  contexts=None):
         from ..runtimes import compile_module, timer
+        contexts = {} if contexts is None else contexts
+        self.key, self.clock, self.samples = entry.key, timer(device), None
+        self.in_graph = in_graph(runtime)
+        if self.in_graph:
+            with_entry, context_only, example = in_graph_models(family, entry, input_size,
+                                                                batch)
+            target = compile_module(with_entry, example, runtime, device, threads,
+                                    name=entry.key)
+            self.models = [(target, target.native(example))]
+            if context_only is not None:
+                cache_key = ('in-graph',) + tuple(e.key for e in context_of(family, entry))
+                if cache_key not in contexts:
+                    base = compile_module(context_only, example, runtime, device, threads,
+                                          name=f'context of {entry.key}')
+                    contexts[cache_key] = (base, base.native(example))
+                self.models.append(contexts[cache_key])
+            return
         module, example = build_entry(family, entry, input_size, batch)
         self.target = compile_module(module, example, runtime, device, threads, name=entry.key)
         self.chain = []  # the context: compiled entries run in order, the first on its example
-        contexts = {} if contexts is None else contexts
         for ctx_entry in context_of(family, entry):
             if ctx_entry.key not in contexts:
                 ctx_module, ctx_example = build_entry(family, ctx_entry, input_size, batch, seed=1)
@@ -306,11 +350,6 @@ class EntryTimer:
                 contexts[ctx_entry.key] = (compiled, compiled.native(ctx_example))
             self.chain.append(contexts[ctx_entry.key])
         self.fixed = None if self.chain else self.target.native(example)
-        self.clock = timer(device)
-        # OpenVINO gives each compiled model its own threads, which stay busy for a while
-        # after a run and would share the cores with the timed entry; a network runs as one
-        # model. A short untimed pause after the context lets them settle.
-        self.pause = CONTEXT_PAUSE_S if self.chain and runtime.startswith('openvino') else 0
 
     def _input(self):
         if not self.chain:
@@ -318,12 +357,12 @@ class EntryTimer:
         x = self.chain[0][1]
         for compiled, _ in self.chain:
             x = compiled.run(x)
-        if self.pause:
-            time.sleep(self.pause)
         return x
 
     def time(self, runs, warmup=0):
         """Milliseconds of ``runs`` timed runs after ``warmup`` untimed ones."""
+        if self.in_graph:
+            return self._time_in_graph(runs, warmup)
         times = []
         for i in range(warmup + runs):
             box = [self._input()]
@@ -333,13 +372,35 @@ class EntryTimer:
                 times.append(seconds * 1e3)
         return times
 
+    def _time_in_graph(self, runs, warmup):
+        rounds = []
+        for i in range(warmup + runs):
+            ms = []
+            for compiled, x in self.models:
+                time.sleep(CONTEXT_PAUSE_S)
+                compiled.run(x)  # untimed: wakes this model's threads
+                seconds, out = self.clock(compiled.run, x)
+                del out
+                ms.append(seconds * 1e3)
+            if i >= warmup:
+                rounds.append(ms)
+        names = [f'{self.key} with its context', f'the context of {self.key}']
+        self.samples = {name: [r[j] for r in rounds] for j, name in enumerate(names[:len(
+            self.models)])}
+        return [r[0] - (r[1] if len(r) > 1 else 0) for r in rounds]
+
 
 def time_entry(family, entry, input_size, runtime, device, threads, batch, runs, warmup,
-               contexts=None):
-    """Times ``entry`` (deployed, on ``runtime``) right after its context entry
-    (:class:`EntryTimer`); returns the milliseconds of the ``runs`` timed runs."""
-    return EntryTimer(family, entry, input_size, runtime, device, threads, batch,
-                      contexts).time(runs, warmup)
+               contexts=None, samples=None):
+    """Times ``entry`` (deployed, on ``runtime``) in its context (:class:`EntryTimer`); returns
+    the milliseconds of the ``runs`` timed runs. ``samples``, a dict when given, receives the
+    runs of the two models of an entry timed in-graph (:attr:`EntryTimer.samples`), where a
+    busy machine shows; it stays empty when the times are those runs themselves."""
+    timer = EntryTimer(family, entry, input_size, runtime, device, threads, batch, contexts)
+    times = timer.time(runs, warmup)
+    if samples is not None and timer.samples:
+        samples.update(timer.samples)
+    return times
 
 
 def _requested(requested):
@@ -356,9 +417,10 @@ def _time_entries(family, todo, entries, meta, input_size, runtime, device, thre
             continue
         bar.show(entry.key)
         for attempt in range(BUSY_RETRIES + 1):
+            samples = {}
             times = time_entry(family, entry, input_size, runtime, device, threads, batch, runs,
-                               warmup, contexts)
-            spreads = busy({entry.key: times}, busy_spread)
+                               warmup, contexts, samples)
+            spreads = busy(samples or {entry.key: times}, busy_spread)
             if not spreads:
                 break
         else:
@@ -412,8 +474,8 @@ def build_table(family, input_size, out, runtime='torch', device='cpu', threads=
     todo = sorted(space_entries(space)) if keys is None else sorted(Entry.parse(k) for k in keys)
     meta = dict(family=family, input_size=list(input_size), batch=batch,
                 **runtime_info(runtime, device, threads), runs=runs, warmup=warmup,
-                space=space.to_dict(), method='each entry deployed, timed right after the part '
-                'that precedes it in a network (its context); median of the timed runs',
+                space=space.to_dict(), method=METHODS['in-graph' if in_graph(runtime) else
+                                                      'chained'],
                 date=datetime.datetime.now().isoformat(timespec='seconds'),
                 requested='space' if keys is None else [e.key for e in todo])
     partial_path = out + '.partial'
@@ -422,7 +484,7 @@ def build_table(family, input_size, out, runtime='torch', device='cpu', threads=
         partial = LatencyTable.load(partial_path, partial=True)
         same = ('family', 'input_size', 'batch', 'runtime', 'runtime_version', 'device',
                 'threads', 'dtype', 'runs', 'warmup', 'torch_version', 'space', 'allocator',
-                'denormals')
+                'denormals', 'method')
         diff = [k for k in same if partial.meta.get(k) != meta[k]]
         if partial.meta['cpu'] != meta['cpu']:
             diff.append('cpu')
