@@ -112,3 +112,29 @@ def test_the_busy_check_looks_at_the_two_models_runs(tmp_path, monkeypatch):
     with pytest.raises(BusyMachine, match='mb4d1:16 with its context'):
         build_table('v1', SIZE, str(tmp_path / 'b.json'), threads=1, runs=4, warmup=1,
                     space=SPACE, keys=['mb4d1:16'], progress=False)
+
+
+def test_a_study_of_an_in_graph_table_compares_medians_only(tmp_path, capsys):
+    """The fastest runs of differences are no least-disturbed estimate: a study of an OpenVINO
+    table compares medians and says why it leaves the fastest runs out."""
+    pytest.importorskip('openvino', reason='OpenVINO is installed by scripts/setup.sh')
+    import json
+    import os.path as osp
+    import sys
+
+    from mmef.latency import arch_entries
+    from mmef.latency.measure import prediction_study
+    from tool_helpers import ROOT
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    import latency_table as tool
+    arch = {'widths': [16, 16, 16, 16], 'depths': [1, 1, 1, 1], 'num_attn_blocks': 1}
+    keys = [e.key for e in arch_entries('v1', SearchSpace.default('v1').arch(arch))]
+    path = str(tmp_path / 'o.json')
+    table = build_table('v1', SIZE, path, 'openvino', threads=1, runs=2, warmup=1, space=SPACE,
+                        keys=keys, progress=False)
+    result = prediction_study(table, {'a': arch}, runs=2, warmup=1)
+    assert result['summary']['minima'] is None
+    assert result['rows'][0]['predicted_min_ms'] is None
+    assert result['rows'][0]['predicted_ms'] == pytest.approx(table.predict(arch))
+    tool.main(['study', path, '--archs', json.dumps(arch), '--runs', '2', '--warmup', '1'])
+    assert 'fastest runs not compared: the entries were timed in-graph' in capsys.readouterr().out

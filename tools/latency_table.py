@@ -105,8 +105,8 @@ def _print_correction(table):
           f"{', '.join(f'{v:.3f}' for v in c['stage_scale'])}, attention "
           f"{c['attention_extra']:+.3f}, {c['per_entry_ms']:+.3f} ms per "
           f"entry (on those archs: median |error| {100 * f['median_abs_error']:.1f} %, worst "
-          f"{100 * f['worst_abs_error']:.1f} %; the plain sum {100 * f['plain_median_abs_error']:.1f}"
-          f" %, {100 * f['plain_worst_abs_error']:.1f} %)")
+          f"{100 * f['worst_abs_error']:.1f} %; the plain sum "
+          f"{100 * f['plain_median_abs_error']:.1f} %, {100 * f['plain_worst_abs_error']:.1f} %)")
 
 
 def _print_check(table):

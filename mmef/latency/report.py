@@ -233,7 +233,8 @@ def accuracy_section(sweep, ms, out_dir, plt):
              'Accuracies are the papers\' (EfficientFormer Table 2, EfficientFormerV2, '
              'configs/metafile.yml); latencies are the whole deployed backbones measured '
              f'here ({_where(meta)}).\n',
-             '| model | metric | reported | input | measured backbone ms |', '|---|---|---|---|---|']
+             '| model | metric | reported | input | measured backbone ms |',
+             '|---|---|---|---|---|']
     for ax, (metric, size, title) in zip(axes[0], panels):
         for model, accs in reported.items():
             if metric in accs and (model, size) in ms:
