@@ -61,9 +61,19 @@ def measure_models(models, input_size, runtime='torch', device='cpu', threads=No
                    runs=10, warmup=3, progress=None, before_round=None, busy_spread=None,
                    retries=1):
     """Times each of ``models`` ({label: (family, arch)}) deployed on ``runtime`` at
-    ``input_size``, round-robin (:func:`time_round_robin`); returns {label: [ms per run]}."""
+    ``input_size``, round-robin (:func:`time_round_robin`); returns {label: [ms per run]}.
+    OpenVINO models (without ``before_round``) are compiled and timed one after the other
+    instead, each alone in the process."""
     from ..runtimes import compile_module
+    from .table import in_graph
     x = torch.randn(batch, 3, *input_size)
+    if in_graph(runtime) and before_round is None and len(models) > 1:
+        # OpenVINO: one model compiled at a time, as a deployment holds it (a process holding
+        # many compiled models runs each slower, docs/latency.md); no round-robin then
+        return {label: measure_models({label: model}, input_size, runtime, device, threads,
+                                      batch, runs, warmup, progress, None, busy_spread,
+                                      retries)[label]
+                for label, model in models.items()}
     compiled = {}
     for label, (family, arch) in models.items():
         if progress:

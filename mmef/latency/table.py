@@ -314,7 +314,11 @@ class EntryTimer:
     context alone as another (:func:`mmef.latency.blocks.in_graph_models`); each round times
     one run of each, each run right after an untimed run of the same model (OpenVINO gives
     each compiled model its own threads: the run before wakes them, and a short pause before
-    it lets the other model's threads settle), and the entry's time is the difference.
+    it lets the other model's threads settle), and the entry's time is the difference. Its
+    context is not shared with other timers (``contexts`` is not used): a process that holds
+    many compiled OpenVINO models runs each of them slower (their threads are pinned to the same
+    cores; L1 bf16 19.6 -> 24.5 ms with 60 more models held, docs/latency.md), and a deployment
+    holds one.
     The times are then differences, whose spread says little; :attr:`samples` holds the runs
     of the two models, where a busy machine shows.
     """
@@ -331,13 +335,10 @@ class EntryTimer:
             target = compile_module(with_entry, example, runtime, device, threads,
                                     name=entry.key)
             self.models = [(target, target.native(example))]
-            if context_only is not None:
-                cache_key = ('in-graph',) + tuple(e.key for e in context_of(family, entry))
-                if cache_key not in contexts:
-                    base = compile_module(context_only, example, runtime, device, threads,
-                                          name=f'context of {entry.key}')
-                    contexts[cache_key] = (base, base.native(example))
-                self.models.append(contexts[cache_key])
+            if context_only is not None:  # compiled for this entry alone (see the docstring)
+                base = compile_module(context_only, example, runtime, device, threads,
+                                      name=f'context of {entry.key}')
+                self.models.append((base, base.native(example)))
             return
         module, example = build_entry(family, entry, input_size, batch)
         self.target = compile_module(module, example, runtime, device, threads, name=entry.key)
