@@ -272,6 +272,9 @@ def test_interrupted_build_resumes_without_retiming(tmp_path, monkeypatch):
     timed.clear()
     monkeypatch.setattr(table_module, 'time_entry', lambda *a, **k: (timed.append(a[1].key),
                                                                      real(*a, **k))[1])
+    # only the build loop's timings count here: on a noisy host the end-of-build outlier
+    # re-timing (tested on its own) may time any entry again
+    monkeypatch.setattr(table_module, 'outliers', lambda table, tolerance=0.25: [])
     table = tiny_table(tmp_path, name='r.json', space=space)
     assert sorted(timed) == sorted(set(all_keys) - set(first))
     assert sorted(table.entries) == sorted(all_keys)
