@@ -403,6 +403,10 @@ UnpaddedEnd2EndModel = _register_detector()
 #   matrix products, calibrated on the inputs in WORK_DIR/``calib_config.calib_file``
 #   (written by :func:`write_calibration`; tools/deploy.py --calib), ``keep_float`` patterns of
 #   node names left in float;
+# * the RoI extractors and post-processing functions (every operation outside a scope with a
+#   convolution or matrix product, mmef.runtimes.outside_layers) marked in the IR to run in
+#   f32 under any precision hint: OpenVINO's CPU plugin otherwise runs them in bf16 too (RoI
+#   coordinates of 256-512 px spaced by 2 px), which cost the L1 demo detector 0.9 box AP;
 # * a wrapper on ``openvino.Core`` with dynamic shapes (no reshape and recompilation per size).
 
 _OPENVINO_ROI_EXTRACTOR = ('mmdet.models.roi_heads.roi_extractors.single_level_roi_extractor.'
@@ -566,6 +570,8 @@ def _register_openvino():
                         model, inputs, deploy_cfg['backend_config'].get('keep_float', ()))
                 xml = osp.join(work_dir, osp.splitext(osp.basename(onnx_file))[0] + '.xml')
                 ov.save_model(model, xml, compress_to_fp16=False)
+                # RoI extractors and post-processing stay f32 under a bf16 hint
+                runtimes.keep_in_f32(xml, runtimes.outside_layers(model))
                 files.append(xml)
             names = get_ir_config(deploy_cfg).get('output_names')
             if names:

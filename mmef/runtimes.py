@@ -156,6 +156,88 @@ def openvino_model(onnx_path):
                                  f'{str(e).strip().splitlines()[0]}{hint}') from e
 
 
+#: The operations that make a scope of node names a model layer (see :func:`layer_scopes`).
+LAYER_TYPES = ('Convolution', 'GroupConvolution', 'ConvolutionBackpropData', 'MatMul')
+
+
+def layer_scopes(model):
+    """{operation name: its scope} for ``model`` (openvino.Model converted from an exported
+    ONNX graph), where a scope is the first part of the torch module path in the node name
+    (``'/backbone/stages.0/...'`` -> ``'backbone'``) and None outside every module (the
+    post-processing functions: ``'/Pad'``, ``'/Concat_80'``). Operations OpenVINO's ONNX
+    frontend created while converting a node (named like ``'Multiply_123'``) take the scope
+    of the first named operation they feed. Constants, parameters and results are left out."""
+    def own(name):
+        parts = name.split('/')
+        if not name.startswith('/'):
+            return ...  # not an ONNX node's name
+        return parts[1] if len(parts) > 2 else None
+
+    scopes = {}
+    for op in reversed(model.get_ordered_ops()):
+        name = op.get_friendly_name()
+        scope = own(name)
+        if scope is ...:
+            consumers = [target.get_node() for out in op.outputs()
+                         for target in out.get_target_inputs()]
+            scope = next((scopes[c.get_friendly_name()] for c in consumers
+                          if c.get_friendly_name() in scopes), None)
+        scopes[name] = scope
+    types = _op_types(model)
+    return {name: scope for name, scope in scopes.items()
+            if types[name] not in ('Constant', 'Parameter', 'Result')}
+
+
+def _op_types(model):
+    return {op.get_friendly_name(): op.get_type_name() for op in model.get_ordered_ops()}
+
+
+def outside_layers(model):
+    """Names of ``model``'s operations outside its layers: those whose scope
+    (:func:`layer_scopes`) holds no convolution or matrix product. In a detector these are
+    the RoI extractors (level assignment, RoIAlign, scatter) and every post-processing
+    function (box decoding, clipping, NMS, TopK, mask pasting); in a segmentor the final
+    resize and argmax."""
+    scopes = layer_scopes(model)
+    types = _op_types(model)
+    layers = {scope for name, scope in scopes.items() if types[name] in LAYER_TYPES}
+    return sorted(name for name, scope in scopes.items() if scope not in layers)
+
+
+def keep_in_f32(xml, names):
+    """Rewrites the IR ``xml`` (in place, atomically) so that its layers ``names`` run in f32
+    whatever inference precision it is compiled with, and returns how many it marked.
+
+    The mark is OpenVINO's ``DisablePrecisionConversion`` runtime attribute (conversion to
+    f16 disabled), with which its CPU plugin keeps a node's original precision when it lowers
+    the rest of the graph to bf16 (``keepOriginalPrecision`` of the plugin's node). OpenVINO's
+    Python API cannot create that attribute; its IR reader does, from the layer's
+    ``rt_info``. Nodes the plugin creates itself while compiling (a decomposed subtraction,
+    a fused multiply) carry no mark and take the precision hint (docs/openvino.md says which
+    ones remain)."""
+    import xml.etree.ElementTree as ET
+    from .fileio import atomic_write
+    wanted = set(names)
+    tree = ET.parse(xml)
+    marked = 0
+    for layer in tree.getroot().find('layers'):
+        if layer.get('name') not in wanted:
+            continue
+        info = layer.find('rt_info')
+        if info is None:
+            info = ET.Element('rt_info')
+            layer.insert(1 if layer.find('data') is not None else 0, info)
+        if not any(a.get('name') == 'DisablePrecisionConversion' for a in info):
+            ET.SubElement(info, 'attribute', name='DisablePrecisionConversion', version='0',
+                          value='dynamic:f16')
+        marked += 1
+    if marked != len(wanted):
+        missing = sorted(wanted - {layer.get('name') for layer in tree.getroot().find('layers')})
+        raise ValueError(f'{xml}: no layers named {missing[:5]} ({len(missing)} in all)')
+    atomic_write(lambda f: tree.write(f, encoding='utf-8', xml_declaration=True), xml)
+    return marked
+
+
 def quantize_openvino(model, inputs, keep_float=(), preset='mixed'):
     """``model`` (openvino.Model) with its convolutions and matrix products quantized to INT8
     by NNCF's post-training quantization (weights per output channel, activations per tensor,
