@@ -145,6 +145,42 @@ def _post_processing_stays_f32(xml):
     assert not leaked, leaked
 
 
+def test_outside_layers_and_keep_in_f32(tmp_path):
+    """Scopes by torch module path; ops the frontend named take the scope of what they feed;
+    a scope is a layer when it holds a convolution or matrix product; the marks are written
+    once into the IR and read back by OpenVINO; unknown names are refused."""
+    import openvino.opset13 as ops
+    ov = runtimes.import_openvino()
+    x = ops.parameter([1, 4, 8, 8], np.float32, name='x')
+    conv = ops.convolution(x, ops.constant(np.ones((4, 4, 1, 1), np.float32)), [1, 1],
+                           [0, 0], [0, 0], [1, 1])
+    conv.set_friendly_name('/neck/conv/Conv')
+    helper = ops.multiply(conv, ops.constant(np.float32(2)))  # a frontend-made helper
+    helper.set_friendly_name('Multiply_12')
+    act = ops.relu(helper)
+    act.set_friendly_name('/neck/act/Relu')
+    coords = ops.sqrt(ops.abs(act))  # RoI-extractor-like scope without a layer
+    coords.set_friendly_name('/bbox_roi_extractor/Sqrt')
+    post = ops.reduce_max(coords, ops.constant(np.int64([2, 3])), False)
+    post.set_friendly_name('/ReduceMax')
+    model = ov.Model([post], [x], 'tiny')
+    scopes = runtimes.layer_scopes(model)
+    assert scopes['Multiply_12'] == 'neck' and scopes['/ReduceMax'] is None
+    names = runtimes.outside_layers(model)
+    abs_name = next(n for n in scopes if n.startswith('Abs'))
+    assert set(names) == {'/bbox_roi_extractor/Sqrt', '/ReduceMax', abs_name}, names
+    xml = str(tmp_path / 'tiny.xml')
+    ov.save_model(model, xml)
+    assert runtimes.keep_in_f32(xml, names) == 3
+    assert runtimes.keep_in_f32(xml, names) == 3  # idempotent: one attribute per layer
+    assert open(xml).read().count('DisablePrecisionConversion') == 3
+    marked = {op.get_friendly_name() for op in ov.Core().read_model(xml).get_ordered_ops()
+              if 'DisablePrecisionConversion_0' in op.get_rt_info().keys()}
+    assert marked == set(names)
+    with pytest.raises(ValueError, match='no layers named'):
+        runtimes.keep_in_f32(xml, ['/nowhere'])
+
+
 # --- reduced precision ---------------------------------------------------------------------------
 def _scenes(tmp_path, seed=5):
     """Tiny ADE20K-style scenes and a demo config reading them."""

@@ -32,9 +32,10 @@ Suffixes (backbone task): NAME:bf16 (bfloat16 weights and input), NAME:autocast-
 autocast), NAME:ort (exported to ONNX at --size and run in onnxruntime), NAME:ov and NAME:ov-bf16
 (that ONNX file in OpenVINO's CPU plugin at f32 / bf16 inference precision), NAME:ov-int8 (INT8 by
 NNCF: mmef.runtimes.quantize_openvino), e.g. l1-deploy:bf16.
-Whole-model tasks: l1, l1-deploy, l3, l3-deploy, ..., r50 (mmdet / mmseg R-50 configs); NAME:ort,
-NAME:ov, NAME:ov-bf16, NAME:ov-int8 (exported by mmdeploy with configs/mmdeploy/*_dynamic.py and run
-by mmdeploy's backend model: graph and post-processing).
+Whole-model tasks: l1, l1-deploy, l3, l3-deploy, ..., r50 (mmdet / mmseg R-50 configs);
+NAME:autocast-bf16 (PyTorch under CPU bf16 autocast); NAME:ort, NAME:ov, NAME:ov-bf16,
+NAME:ov-int8 (exported by mmdeploy with configs/mmdeploy/*_dynamic.py and run by mmdeploy's
+backend model: graph and post-processing).
 
 Example:
     python tools/benchmark.py backbone --threads 2 --runs 10 \\
@@ -340,14 +341,18 @@ def make_runner(task, name, size, batch, device, fp16):
         return attention_runner(name, size, batch, device)
     if task == 'backbone':
         return backbone_runner(name, size, batch, device, fp16)
-    if ':' in name:
+    base, _, suffix = name.partition(':')
+    bf16 = suffix == 'autocast-bf16' and task != 'train'
+    if suffix and not bf16:
         return exported_whole_runner(task, name, size, batch)
-    model = build_whole(task, name).to(device)
+    model = build_whole(task, base).to(device)
     inputs, samples = whole_inputs(task, size, batch)
     inputs, samples = inputs.to(device), [s.to(device) for s in samples]
     if task != 'train':
+        # --fp16: the device's autocast type (fp16 on GPUs); NAME:autocast-bf16: bf16 autocast
         def run():
-            with torch.inference_mode(), torch.autocast(device.type, enabled=fp16):
+            with torch.inference_mode(), torch.autocast(
+                    device.type, torch.bfloat16 if bf16 else None, enabled=fp16 or bf16):
                 model(inputs, samples, mode='predict')
         return run
     model.train()
