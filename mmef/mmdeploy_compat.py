@@ -403,10 +403,11 @@ UnpaddedEnd2EndModel = _register_detector()
 #   matrix products, calibrated on the inputs in WORK_DIR/``calib_config.calib_file``
 #   (written by :func:`write_calibration`; tools/deploy.py --calib), ``keep_float`` patterns of
 #   node names left in float;
-# * the RoI extractors and post-processing functions (every operation outside a scope with a
-#   convolution or matrix product, mmef.runtimes.outside_layers) marked in the IR to run in
-#   f32 under any precision hint: OpenVINO's CPU plugin otherwise runs them in bf16 too (RoI
-#   coordinates of 256-512 px spaced by 2 px), which cost the L1 demo detector 0.9 box AP;
+# * the RoI extractors' coordinate arithmetic and the post-processing functions (every
+#   operation outside a scope with a convolution or matrix product except RoIAlign,
+#   mmef.runtimes.outside_layers) marked in the IR to run in f32 under any precision hint:
+#   OpenVINO's CPU plugin otherwise runs them in bf16 too (RoI coordinates of 256-512 px
+#   spaced by 2 px; the L1 demo detector of an AMD host lost 0.9 box AP so);
 # * a wrapper on ``openvino.Core`` with dynamic shapes (no reshape and recompilation per size).
 
 _OPENVINO_ROI_EXTRACTOR = ('mmdet.models.roi_heads.roi_extractors.single_level_roi_extractor.'

@@ -167,6 +167,12 @@ def layer_scopes(model):
     post-processing functions: ``'/Pad'``, ``'/Concat_80'``). Operations OpenVINO's ONNX
     frontend created while converting a node (named like ``'Multiply_123'``) take the scope
     of the first named operation they feed. Constants, parameters and results are left out."""
+    return {name: scope for name, (scope, kind) in _scopes(model).items()
+            if kind not in ('Constant', 'Parameter', 'Result')}
+
+
+def _scopes(model):
+    """{operation name: (scope, type name)} of every operation (see :func:`layer_scopes`)."""
     def own(name):
         parts = name.split('/')
         if not name.startswith('/'):
@@ -180,16 +186,10 @@ def layer_scopes(model):
         if scope is ...:
             consumers = [target.get_node() for out in op.outputs()
                          for target in out.get_target_inputs()]
-            scope = next((scopes[c.get_friendly_name()] for c in consumers
+            scope = next((scopes[c.get_friendly_name()][0] for c in consumers
                           if c.get_friendly_name() in scopes), None)
-        scopes[name] = scope
-    types = _op_types(model)
-    return {name: scope for name, scope in scopes.items()
-            if types[name] not in ('Constant', 'Parameter', 'Result')}
-
-
-def _op_types(model):
-    return {op.get_friendly_name(): op.get_type_name() for op in model.get_ordered_ops()}
+        scopes[name] = scope, op.get_type_name()
+    return scopes
 
 
 #: Operations outside the layers that read the layers' features, left out of
@@ -206,11 +206,11 @@ def outside_layers(model):
     (level assignment, RoI selection, scatter) and every post-processing function (box
     decoding, clipping, NMS, TopK, mask pasting); in a segmentor the final resize and
     argmax."""
-    scopes = layer_scopes(model)
-    types = _op_types(model)
-    layers = {scope for name, scope in scopes.items() if types[name] in LAYER_TYPES}
-    return sorted(name for name, scope in scopes.items()
-                  if scope not in layers and types[name] not in FEATURE_READERS)
+    scopes = _scopes(model)
+    layers = {scope for scope, kind in scopes.values() if kind in LAYER_TYPES}
+    return sorted(name for name, (scope, kind) in scopes.items()
+                  if scope not in layers and kind not in FEATURE_READERS
+                  and kind not in ('Constant', 'Parameter', 'Result'))
 
 
 def keep_in_f32(xml, names):
@@ -228,7 +228,7 @@ def keep_in_f32(xml, names):
     from .fileio import atomic_write
     wanted = set(names)
     tree = ET.parse(xml)
-    marked = 0
+    found = set()
     for layer in tree.getroot().find('layers'):
         if layer.get('name') not in wanted:
             continue
@@ -239,12 +239,12 @@ def keep_in_f32(xml, names):
         if not any(a.get('name') == 'DisablePrecisionConversion' for a in info):
             ET.SubElement(info, 'attribute', name='DisablePrecisionConversion', version='0',
                           value='dynamic:f16')
-        marked += 1
-    if marked != len(wanted):
-        missing = sorted(wanted - {layer.get('name') for layer in tree.getroot().find('layers')})
+        found.add(layer.get('name'))
+    missing = sorted(wanted - found)
+    if missing:
         raise ValueError(f'{xml}: no layers named {missing[:5]} ({len(missing)} in all)')
     atomic_write(lambda f: tree.write(f, encoding='utf-8', xml_declaration=True), xml)
-    return marked
+    return len(found)
 
 
 def quantize_openvino(model, inputs, keep_float=(), preset='mixed'):
