@@ -3,6 +3,7 @@ uses, table files, predictions, refusals and resumable builds. Tiny sizes and fe
 timings themselves are not asserted (the prediction accuracy is measured by the tool and
 recorded in docs/latency.md)."""
 import json
+import math
 import os.path as osp
 import statistics
 import sys
@@ -431,7 +432,11 @@ def test_openvino_table(tmp_path, runtime):
     assert table.meta['runtime'] == runtime and table.meta['allocator'] == f'{runtime} arena'
     assert table.meta['dtype'] == ('int8' if runtime.endswith('int8') else 'fp32')
     assert sorted(table.entries) == ['mb3df3:16', 'stem0:16']
-    assert all(entry['ms'] > 0 for entry in table.entries.values())
+    # timed in-graph, each run a difference of two models' times: a tiny entry's difference can
+    # come out at or below zero on a busy host (docs/latency.md), so no sign is asserted
+    assert table.meta['method'] == table_module.METHODS['in-graph']
+    for entry in table.entries.values():
+        assert len(entry['runs_ms']) == 2 and all(math.isfinite(t) for t in entry['runs_ms'])
 
 
 def test_paired_study_predicts_from_each_rounds_entries(tmp_path):
