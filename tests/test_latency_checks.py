@@ -196,7 +196,7 @@ def test_resume_says_so_and_refuses_other_archs(tmp_path, monkeypatch, capsys):
     out = str(tmp_path / 'r.json')
     base = ['build', '--family', 'v1', '--size', '40', '56', '--threads', '1', '--runs', '2',
             '--min-widths', '16', '--max-widths', '32', '--out', out, '--check-random', '0',
-            '--calibrate', '0',
+            '--calibrate', '0', '--busy-spread', '0',  # no re-timing: time_entry calls counted
             '--archs']
     l1ish = '{"widths": [16, 32, 16, 32], "depths": [1, 1, 1, 1], "num_attn_blocks": 1}'
     other = '{"widths": [32, 16, 16, 16], "depths": [1, 1, 1, 1], "num_attn_blocks": 0}'
