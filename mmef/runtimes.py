@@ -158,6 +158,7 @@ def openvino_model(onnx_path):
 
 #: The operations that make a scope of node names a model layer (see :func:`layer_scopes`).
 LAYER_TYPES = ('Convolution', 'GroupConvolution', 'ConvolutionBackpropData', 'MatMul')
+_NOT_OPERATIONS = ('Constant', 'Parameter', 'Result')  # left out of scopes and marks
 
 
 def layer_scopes(model):
@@ -168,7 +169,7 @@ def layer_scopes(model):
     frontend created while converting a node (named like ``'Multiply_123'``) take the scope
     of the first named operation they feed. Constants, parameters and results are left out."""
     return {name: scope for name, (scope, kind) in _scopes(model).items()
-            if kind not in ('Constant', 'Parameter', 'Result')}
+            if kind not in _NOT_OPERATIONS}
 
 
 def _scopes(model):
@@ -210,7 +211,7 @@ def outside_layers(model):
     layers = {scope for scope, kind in scopes.values() if kind in LAYER_TYPES}
     return sorted(name for name, (scope, kind) in scopes.items()
                   if scope not in layers and kind not in FEATURE_READERS
-                  and kind not in ('Constant', 'Parameter', 'Result'))
+                  and kind not in _NOT_OPERATIONS)
 
 
 def keep_in_f32(xml, names):
