@@ -337,3 +337,12 @@ def test_benchmark_on_a_busy_machine_times_again_then_stops(monkeypatch, capsys)
     rounds.clear()
     args.busy_spread = 0
     assert sorted(benchmark.benchmark(args)['r18']) == [0.001, 0.001, 0.1, 0.1]  # seconds
+
+
+def test_benchmark_whole_detector_in_bf16_autocast_is_refused_with_the_reason():
+    """mmdet's detectors fail inside mmcv's NMS under CPU bf16 autocast: the whole-model
+    benchmark refuses NAME:autocast-bf16 for them (segmentors run it) before building."""
+    import benchmark
+    with pytest.raises(SystemExit, match="mmcv's NMS takes float32 only"):
+        benchmark.make_runner('detector', 'l1-deploy:autocast-bf16', (64, 96), 1,
+                              torch.device('cpu'), False)

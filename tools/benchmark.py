@@ -33,8 +33,8 @@ autocast), NAME:ort (exported to ONNX at --size and run in onnxruntime), NAME:ov
 (that ONNX file in OpenVINO's CPU plugin at f32 / bf16 inference precision), NAME:ov-int8 (INT8 by
 NNCF: mmef.runtimes.quantize_openvino), e.g. l1-deploy:bf16.
 Whole-model tasks: l1, l1-deploy, l3, l3-deploy, ..., r50 (mmdet / mmseg R-50 configs);
-NAME:autocast-bf16 (PyTorch under CPU bf16 autocast; segmentors only: mmcv's detection ops
-take float32 only); NAME:ort, NAME:ov, NAME:ov-bf16,
+NAME:autocast-bf16 (PyTorch under CPU bf16 autocast; segmentors only: mmcv's NMS takes
+float32 only); NAME:ort, NAME:ov, NAME:ov-bf16,
 NAME:ov-int8 (exported by mmdeploy with configs/mmdeploy/*_dynamic.py and run by mmdeploy's
 backend model: graph and post-processing).
 
@@ -347,7 +347,7 @@ def make_runner(task, name, size, batch, device, fp16):
     if bf16 and task == 'detector':
         # measured: RuntimeError 'expected scalar type Float but found BFloat16' in mmcv's nms
         raise SystemExit(f'{name}: mmdet\'s detectors do not run under CPU bf16 autocast '
-                         '(mmcv\'s NMS and RoIAlign take float32 only); time the backbone in '
+                         '(mmcv\'s NMS takes float32 only); time the backbone in '
                          'bf16 with the backbone task (NAME:bf16, NAME:autocast-bf16) or the '
                          'exported detector with NAME:ov-bf16')
     if suffix and not bf16:
