@@ -306,6 +306,53 @@ def test_the_correction_fit_recovers_a_known_correction_and_refuses_a_bad_one(tm
     assert fit_correction(table, dict(list(archs.items())[:7]), measured) is None  # too few
 
 
+def test_calibration_and_check_archs_are_timed_in_one_measurement(tmp_path, monkeypatch):
+    """A build's calibration and check time their archs together (one round-robin, the check
+    archs spread among the others): a host whose speed drifts between two measurements would
+    otherwise put its drift into the check. The correction is fitted on the calibration archs'
+    runs of that measurement and the check reads the others' runs of it."""
+    from mmef.latency.measure import calibrate_and_check, calibration_archs
+    from mmef.latency.table import stage_sums
+    space = SearchSpace.default('v1').with_widths(min_widths=16, max_widths=32)
+    table = build_table('v1', SIZE, str(tmp_path / 'c.json'), threads=1, runs=1, warmup=0,
+                        space=space, progress=False)
+    ms = {k: v['ms'] for k, v in table.entries.items()}
+    scales = [0.8, 1.3, 1.1, 0.9]
+    calls = []
+
+    def fake(models, input_size, runtime, device, threads, batch, runs, warmup, progress=None,
+             before_round=None, busy_spread=None, retries=1):
+        calls.append((list(models), runs, warmup))
+        return {label: [sum(a * t for a, t in zip(scales, stage_sums(table.used(arch), ms)[0]))
+                        ] * runs for label, (family, arch) in models.items()}
+
+    monkeypatch.setattr(measure, 'measure_models', fake)
+    cal = calibration_archs(space, 9, seed=5)
+    check = [dict(widths=(32, 16, 32, 16), depths=(2, 3, 1, 2), num_attn_blocks=2), cal[0],
+             dict(widths=(16, 32, 16, 32), depths=(1, 1, 3, 3), num_attn_blocks=1)]
+    fitted_on = calibrate_and_check(table, dict(archs=cal, random=0, runs=2, warmup=1),
+                                    dict(archs=check, random=0, runs=4, warmup=0),
+                                    busy_spread=0)
+    assert len(calls) == 1  # one measurement, with the larger runs and warm-up of the two
+    labels, runs, warmup = calls[0]
+    assert (runs, warmup) == (4, 1) and len(labels) == 11 == len(set(labels))
+    checked = [measure.arch_label(a) for a in (check[0], check[2])]  # cal[0] was fitted on
+    assert fitted_on == [measure.arch_label(a) for a in cal]
+    assert [labels.index(label) for label in checked] == [1, 3]  # among the calibration archs
+    def fake_ms(arch):
+        return fake({0: ('v1', arch)}, SIZE, 'torch', 'cpu', 1, 1, 1, 0)[0][0]
+    calls.clear()
+    correction = table.meta['correction']  # fitted on the calibration archs' runs
+    assert correction['measured_ms'] == {
+        measure.arch_label(a): pytest.approx(fake_ms(a), abs=1e-3) for a in cal}
+    record = table.meta['check']  # and checked on the others'
+    assert record['with_calibration'] and record['runs'] == 4
+    assert [r['label'] for r in record['rows']] == checked
+    assert [r['measured_ms'] for r in record['rows']] == pytest.approx(
+        [fake_ms(check[0]), fake_ms(check[2])])
+    assert record['rows'][0]['predicted_ms'] == pytest.approx(table.predict(check[0]))
+
+
 def test_calibration_archs_spread_over_the_share_of_attention():
     from mmef.latency.measure import calibration_archs
     for family in ('v1', 'v2'):

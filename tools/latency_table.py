@@ -113,8 +113,10 @@ def _print_check(table):
     """The table's own check (whole backbones timed after its build) and what it misses."""
     from mmef.latency.report import spearman_text
     check = table.meta['check']
-    print(f"check ({check['date']}, {check['runs']} runs of each whole deployed backbone; "
-          f"{'corrected' if check.get('corrected') else 'plain sums'}):")
+    together = ', timed together with the calibration archs' if check.get('with_calibration') \
+        else ''
+    print(f"check ({check['date']}, {check['runs']} runs of each whole deployed backbone"
+          f"{together}; {'corrected' if check.get('corrected') else 'plain sums'}):")
     print('| arch | predicted ms | plain sum ms | measured ms | error |\n|---|---|---|---|---|')
     for r in check['rows']:
         print(f"| {r['label']} | {r['predicted_ms']:.1f} | {r.get('raw_ms', r['predicted_ms']):.1f}"

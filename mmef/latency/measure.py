@@ -154,7 +154,7 @@ def spearman(a, b):
 
 
 def prediction_study(table, archs, runs=10, warmup=3, progress=None, paired=False,
-                     entry_runs=3, busy_spread=None):
+                     entry_runs=3, busy_spread=None, times=None):
     """Predicted against measured latency of each of ``archs`` ({label: arch}) on the table's
     family, input size, batch, runtime, device and threads. Returns a dict with one row per
     arch (predicted ms, measured median ms, relative error) and the summary: median and worst
@@ -168,6 +168,9 @@ def prediction_study(table, archs, runs=10, warmup=3, progress=None, paired=Fals
     is the median of the rounds' predictions (``table_ms``: the table's own). This separates
     the table's model of a network (the sum of its parts in context) from the drift of a
     shared machine between the build and the check (docs/latency.md).
+
+    ``times`` ({label: [ms per run]}, not with ``paired``): whole-backbone runs already
+    measured (:func:`calibrate_and_check` times its calibration and check archs together).
     """
     if not archs:
         raise ValueError('prediction_study needs at least one arch')
@@ -204,9 +207,12 @@ def prediction_study(table, archs, runs=10, warmup=3, progress=None, paired=Fals
                 ms = statistics.median(t.time(entry_runs, warmup=1))
                 if i >= warmup:
                     entry_ms[key].append(ms)
-    times = measure_models({label: (table.family, arch) for label, arch in archs.items()},
-                           m['input_size'], m['runtime'], m['device'], m['threads'], m['batch'],
-                           runs, warmup, progress, before_round, busy_spread)
+    if times is None:
+        times = measure_models({label: (table.family, arch) for label, arch in archs.items()},
+                               m['input_size'], m['runtime'], m['device'], m['threads'],
+                               m['batch'], runs, warmup, progress, before_round, busy_spread)
+    elif paired:
+        raise ValueError('a paired study times its own runs: no times to give it')
     if paired:
         rounds = {label: [table.corrected(u, {key: v[r] for key, v in entry_ms.items()})
                           for r in range(runs)] for label, u in used.items()}
@@ -360,15 +366,21 @@ def calibration_archs(space, n, seed=2000):
     return [ranked[int((i + 0.5) * len(ranked) / n)] for i in range(n)]
 
 
-def calibrate(table, archs, runs=5, warmup=2, progress=None, busy_spread=None):
-    """Times ``archs`` ({label: arch}) as whole deployed backbones on the table's settings and
-    stores :func:`fit_correction`'s correction in ``table.meta['correction']`` (None when the
-    fit is not sound, with the reason under ``meta['correction_refused']``). Returns it."""
+def _measure(table, archs, runs, warmup, progress, busy_spread):
     m = table.meta
+    return measure_models({label: (table.family, arch) for label, arch in archs.items()},
+                          m['input_size'], m['runtime'], m['device'], m['threads'], m['batch'],
+                          runs, warmup, progress, busy_spread=busy_spread)
+
+
+def calibrate(table, archs, runs=5, warmup=2, progress=None, busy_spread=None, times=None):
+    """Times ``archs`` ({label: arch}) as whole deployed backbones on the table's settings
+    (``times``: {label: [ms per run]} already measured) and stores :func:`fit_correction`'s
+    correction in ``table.meta['correction']`` (None when the fit is not sound, with the
+    reason under ``meta['correction_refused']``). Returns it."""
     table.meta.pop('correction', None)
-    times = measure_models({label: (table.family, arch) for label, arch in archs.items()},
-                           m['input_size'], m['runtime'], m['device'], m['threads'], m['batch'],
-                           runs, warmup, progress, busy_spread=busy_spread)
+    if times is None:
+        times = _measure(table, archs, runs, warmup, progress, busy_spread)
     measured = {label: statistics.median(ts) for label, ts in times.items()}
     correction = fit_correction(table, archs, measured)
     if correction is None:
@@ -388,34 +400,57 @@ def calibrate_and_check(table, calibrate_with=None, check_with=None, busy_spread
     """What a build ends with: fits the table's correction on the archs of ``calibrate_with``
     (a dict: ``archs``, ``random``, ``seed``, ``runs``, ``warmup``; :func:`check_archs`
     picks them) and then checks it on those of ``check_with`` (the same keys) that the
-    correction was not fitted on. Either may be None. Returns the archs fitted on."""
-    fitted_on = []
+    correction was not fitted on. Either may be None. Returns the archs fitted on.
+
+    With both, the two sets are timed in one measurement (round-robin, or one after the other
+    alternating between the sets where the runtime times one model at a time), with the
+    calibration's runs and warm-up: on a shared host whose speed drifts by more than the
+    targets within minutes (docs/latency.md), a check timed after its calibration measures
+    that drift, not the correction it was fitted for."""
+    fitted_on, times = [], None
+    cal = chk = None
     if calibrate_with:
         c = calibrate_with
-        archs = check_archs(table, c.get('archs', []), c.get('random', 10), c.get('seed', 2000))
-        calibrate(table, archs, c.get('runs', 5), c.get('warmup', 2), progress, busy_spread)
-        fitted_on = list(archs)
+        cal = check_archs(table, c.get('archs', []), c.get('random', 10), c.get('seed', 2000))
+        fitted_on = list(cal)
     if check_with:
         c = check_with
-        archs = {label: a for label, a in check_archs(
+        chk = {label: a for label, a in check_archs(
             table, c.get('archs'), c.get('random', 3), c.get('seed', 1000)).items()
             if label not in fitted_on}  # checked on other archs than it was fitted on
-        self_check(table, archs, c.get('runs', 5), c.get('warmup', 2), progress, busy_spread)
+    cal_runs = (calibrate_with or {}).get('runs', 5), (calibrate_with or {}).get('warmup', 2)
+    chk_runs = (check_with or {}).get('runs', 5), (check_with or {}).get('warmup', 2)
+    if cal and chk:
+        order = list(cal.items())
+        for i, item in enumerate(chk.items()):  # the check archs spread among the others
+            order.insert(min(len(order), 2 * i + 1), item)
+        cal_runs = chk_runs = max(cal_runs[0], chk_runs[0]), max(cal_runs[1], chk_runs[1])
+        times = _measure(table, dict(order), *cal_runs, progress, busy_spread)
+    if cal:
+        calibrate(table, cal, *cal_runs, progress, busy_spread,
+                  times=times and {k: times[k] for k in cal})
+    if chk:
+        self_check(table, chk, *chk_runs, progress, busy_spread,
+                   times=times and {k: times[k] for k in chk}, with_calibration=bool(cal))
     return fitted_on
 
 
-def self_check(table, archs, runs=5, warmup=2, progress=None, busy_spread=None):
-    """Times ``archs`` ({label: arch}) as whole deployed backbones on the table's settings,
-    stores the prediction errors in ``table.meta['check']`` and returns that record (rows,
-    summary, the targets it misses, date, CPU)."""
+def self_check(table, archs, runs=5, warmup=2, progress=None, busy_spread=None, times=None,
+               with_calibration=False):
+    """Times ``archs`` ({label: arch}) as whole deployed backbones on the table's settings
+    (``times``: already measured, ``with_calibration``: in one measurement with the
+    calibration archs), stores the prediction errors in ``table.meta['check']`` and returns
+    that record (rows, summary, the targets it misses, date, CPU)."""
     import datetime
 
     from ..runtimes import cpu_info
-    result = prediction_study(table, archs, runs, warmup, progress, busy_spread=busy_spread)
+    result = prediction_study(table, archs, runs, warmup, progress, busy_spread=busy_spread,
+                              times=times)
     summary = {k: v for k, v in result['summary'].items() if k != 'minima'}
     raw = [abs(r['raw_ms'] / r['measured_ms'] - 1) for r in result['rows']]
     check = dict(date=datetime.datetime.now().isoformat(timespec='seconds'), cpu=cpu_info(),
-                 runs=runs, warmup=warmup, summary=summary, misses=misses(summary),
+                 runs=runs, warmup=warmup, with_calibration=with_calibration,
+                 summary=summary, misses=misses(summary),
                  corrected=bool(table.meta.get('correction')),
                  plain=dict(median_abs_error=statistics.median(raw), worst_abs_error=max(raw)),
                  rows=[{k: r[k] for k in ('label', 'arch', 'predicted_ms', 'raw_ms',
