@@ -143,7 +143,8 @@ def test_a_study_of_an_in_graph_table_compares_medians_only(tmp_path, capsys, mo
 
 def test_openvino_whole_models_are_timed_one_at_a_time(monkeypatch):
     """A deployment holds one model: OpenVINO backbones are compiled and timed one after the
-    other (never two compiled at once); PyTorch ones round-robin together."""
+    other (never two compiled at once), in up to three visits each that share the runs (a slow
+    spell of the host falls on every model alike); PyTorch ones round-robin together."""
     pytest.importorskip('openvino', reason='OpenVINO is installed by scripts/setup.sh')
     from mmef.latency import measure
     seen = []
@@ -158,8 +159,22 @@ def test_openvino_whole_models_are_timed_one_at_a_time(monkeypatch):
     models = {'a': ('v1', arch), 'b': ('v1', dict(arch, depths=[1, 2, 1, 1]))}
     times = measure.measure_models(models, SIZE, 'openvino', threads=1, runs=2, warmup=1,
                                    busy_spread=0)
-    assert seen == [['a'], ['b']] and sorted(times) == ['a', 'b']
+    assert seen == [['a'], ['b']] * 2 and sorted(times) == ['a', 'b']  # 2 runs: 2 visits
     assert all(len(v) == 2 for v in times.values())
+    seen.clear()
+    times = measure.measure_models(models, SIZE, 'openvino', threads=1, runs=7, warmup=1,
+                                   busy_spread=0)  # visits of 3, 2 and 2 runs
+    assert seen == [['a'], ['b']] * measure.VISITS == [['a'], ['b']] * 3
+    assert all(len(v) == 7 for v in times.values())
     seen.clear()
     measure.measure_models(models, SIZE, 'torch', threads=1, runs=2, warmup=1, busy_spread=0)
     assert seen == [['a', 'b']]
+
+    # a host whose speed moved between the visits is busy, though each visit was steady
+    levels = iter([1.0, 1.0, 1.0, 1.0, 5.0, 5.0])
+    monkeypatch.setattr(measure, 'time_round_robin', lambda compiled, *a, **k: {
+        label: [next(levels)] * a[2] for label in compiled})
+    from mmef.runtimes import BusyMachine
+    with pytest.raises(BusyMachine, match=r'runs of a, b \(over its visits\) spread beyond 2x'):
+        measure.measure_models(models, SIZE, 'openvino', threads=1, runs=3, warmup=0,
+                               busy_spread=2)

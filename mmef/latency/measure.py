@@ -20,6 +20,7 @@ from .table import MissingEntries, stage_sums
 
 
 PAUSE_S = 0.05
+VISITS = 3  # visits of each model when models are timed one after the other (OpenVINO)
 
 
 def deployed_backbone(family, arch, out_indices=(0, 1, 2, 3), seed=0):
@@ -63,17 +64,30 @@ def measure_models(models, input_size, runtime='torch', device='cpu', threads=No
     """Times each of ``models`` ({label: (family, arch)}) deployed on ``runtime`` at
     ``input_size``, round-robin (:func:`time_round_robin`); returns {label: [ms per run]}.
     OpenVINO models (without ``before_round``) are compiled and timed one after the other
-    instead, each alone in the process."""
+    instead, each alone in the process, in :data:`VISITS` visits of a share of the runs each
+    (every model compiled, timed and released once per visit), so that a slow spell of a
+    shared host falls on every model's runs alike, as it does round-robin."""
     from ..runtimes import compile_module
     from .table import in_graph
     x = torch.randn(batch, 3, *input_size)
     if in_graph(runtime) and before_round is None and len(models) > 1:
         # OpenVINO: one model compiled at a time, as a deployment holds it (a process holding
         # many compiled models runs each slower, docs/latency.md); no round-robin then
-        return {label: measure_models({label: model}, input_size, runtime, device, threads,
-                                      batch, runs, warmup, progress, None, busy_spread,
-                                      retries)[label]
-                for label, model in models.items()}
+        visits = max(1, min(VISITS, runs))
+        times = {label: [] for label in models}
+        for v in range(visits):
+            share = runs // visits + (v < runs % visits)
+            for label, model in models.items():
+                times[label] += measure_models({label: model}, input_size, runtime, device,
+                                               threads, batch, share, warmup, progress, None,
+                                               busy_spread, retries)[label]
+        from ..runtimes import BUSY_SPREAD, BusyMachine, busy, busy_message
+        limit = BUSY_SPREAD if busy_spread is None else busy_spread
+        spreads = busy(times, limit)  # a host whose speed moved between the visits
+        if spreads:
+            raise BusyMachine(busy_message(', '.join(spreads) + ' (over its visits)', spreads,
+                                           limit))
+        return times
     compiled = {}
     for label, (family, arch) in models.items():
         if progress:
