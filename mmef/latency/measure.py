@@ -418,7 +418,7 @@ def calibrate_and_check(table, calibrate_with=None, check_with=None, busy_spread
 
     With both, the two sets are timed in one measurement (round-robin, or one after the other
     alternating between the sets where the runtime times one model at a time), with the
-    calibration's runs and warm-up: on a shared host whose speed drifts by more than the
+    larger runs and warm-up of the two: on a shared host whose speed drifts by more than the
     targets within minutes (docs/latency.md), a check timed after its calibration measures
     that drift, not the correction it was fitted for."""
     fitted_on, times = [], None
