@@ -327,6 +327,14 @@ def test_calibration_and_check_archs_are_timed_in_one_measurement(tmp_path, monk
                         ] * runs for label, (family, arch) in models.items()}
 
     monkeypatch.setattr(measure, 'measure_models', fake)
+    fitted = {}
+    real_fit = measure.fit_correction
+
+    def fit_spy(table, archs, measured, *args, **kwargs):
+        fitted.update(measured)
+        return real_fit(table, archs, measured, *args, **kwargs)
+
+    monkeypatch.setattr(measure, 'fit_correction', fit_spy)
     cal = calibration_archs(space, 9, seed=5)
     check = [dict(widths=(32, 16, 32, 16), depths=(2, 3, 1, 2), num_attn_blocks=2), cal[0],
              dict(widths=(16, 32, 16, 32), depths=(1, 1, 3, 3), num_attn_blocks=1)]
@@ -339,12 +347,13 @@ def test_calibration_and_check_archs_are_timed_in_one_measurement(tmp_path, monk
     checked = [measure.arch_label(a) for a in (check[0], check[2])]  # cal[0] was fitted on
     assert fitted_on == [measure.arch_label(a) for a in cal]
     assert [labels.index(label) for label in checked] == [1, 3]  # among the calibration archs
+
     def fake_ms(arch):
         return fake({0: ('v1', arch)}, SIZE, 'torch', 'cpu', 1, 1, 1, 0)[0][0]
     calls.clear()
-    correction = table.meta['correction']  # fitted on the calibration archs' runs
-    assert correction['measured_ms'] == {
-        measure.arch_label(a): pytest.approx(fake_ms(a), abs=1e-3) for a in cal}
+    # the correction is fitted on the calibration archs' runs (whether the fit is sound or not
+    # depends on the entries this build timed)
+    assert fitted == {measure.arch_label(a): pytest.approx(fake_ms(a)) for a in cal}
     record = table.meta['check']  # and checked on the others'
     assert record['with_calibration'] and record['runs'] == 4
     assert [r['label'] for r in record['rows']] == checked
