@@ -222,9 +222,7 @@ def prediction_study(table, archs, runs=10, warmup=3, progress=None, paired=Fals
                 if i >= warmup:
                     entry_ms[key].append(ms)
     if times is None:
-        times = measure_models({label: (table.family, arch) for label, arch in archs.items()},
-                               m['input_size'], m['runtime'], m['device'], m['threads'],
-                               m['batch'], runs, warmup, progress, before_round, busy_spread)
+        times = _measure(table, archs, runs, warmup, progress, busy_spread, before_round)
     elif paired:
         raise ValueError('a paired study times its own runs: no times to give it')
     if paired:
@@ -380,11 +378,12 @@ def calibration_archs(space, n, seed=2000):
     return [ranked[int((i + 0.5) * len(ranked) / n)] for i in range(n)]
 
 
-def _measure(table, archs, runs, warmup, progress, busy_spread):
+def _measure(table, archs, runs, warmup, progress, busy_spread, before_round=None):
+    """:func:`measure_models` of ``archs`` ({label: arch}) on ``table``'s settings."""
     m = table.meta
     return measure_models({label: (table.family, arch) for label, arch in archs.items()},
                           m['input_size'], m['runtime'], m['device'], m['threads'], m['batch'],
-                          runs, warmup, progress, busy_spread=busy_spread)
+                          runs, warmup, progress, before_round, busy_spread)
 
 
 def calibrate(table, archs, runs=5, warmup=2, progress=None, busy_spread=None, times=None):
