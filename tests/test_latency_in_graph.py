@@ -170,7 +170,14 @@ def test_openvino_whole_models_are_timed_one_at_a_time(monkeypatch):
     measure.measure_models(models, SIZE, 'torch', threads=1, runs=2, warmup=1, busy_spread=0)
     assert seen == [['a', 'b']]
 
-    # a host whose speed moved between the visits is busy, though each visit was steady
+    # a host whose speed moved between the visits is busy, though each visit was steady;
+    # runs of 1, 1 and 1.5 ms (quartiles 1.25x apart) are not
+    levels = iter([1.0, 1.0, 1.0, 1.0, 1.5, 1.5])
+    monkeypatch.setattr(measure, 'time_round_robin', lambda compiled, *a, **k: {
+        label: [next(levels)] * a[2] for label in compiled})
+    times = measure.measure_models(models, SIZE, 'openvino', threads=1, runs=3, warmup=0,
+                                   busy_spread=2)
+    assert times == {'a': [1.0, 1.0, 1.5], 'b': [1.0, 1.0, 1.5]}
     levels = iter([1.0, 1.0, 1.0, 1.0, 5.0, 5.0])
     monkeypatch.setattr(measure, 'time_round_robin', lambda compiled, *a, **k: {
         label: [next(levels)] * a[2] for label in compiled})
