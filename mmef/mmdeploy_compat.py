@@ -515,10 +515,39 @@ def model_parts(onnx_file):
     return parts
 
 
+def write_openvino_ir(model, onnx_file, deploy_cfg, work_dir):
+    """Writes ``model`` (the exported ``onnx_file`` as an openvino.Model,
+    :func:`mmef.runtimes.openvino_model`) as an IR in ``work_dir`` named after the ONNX file
+    (``end2end.xml``), at the deploy config's precision (INT8: quantized with the calibration
+    inputs of ``work_dir`` and ``backend_config.keep_float``; the model given is not changed),
+    its RoI extractors and post-processing marked to stay f32, after checking that it has the
+    deploy config's output names; returns the IR's path. The backend's ``to_backend`` and the
+    INT8 sensitivity of tools/deploy.py (one conversion, a quantization per part) write
+    through it."""
+    from mmdeploy.utils import get_ir_config
+
+    from . import runtimes
+    ov = runtimes.import_openvino()
+    xml = osp.join(work_dir, osp.splitext(osp.basename(onnx_file))[0] + '.xml')
+    if openvino_precision(deploy_cfg) == 'int8':
+        model = runtimes.quantize_openvino(
+            model.clone(), read_calibration(calibration_path(deploy_cfg, work_dir)),
+            deploy_cfg['backend_config'].get('keep_float', ()))
+    missing = set(get_ir_config(deploy_cfg).get('output_names') or ()) - {
+        name for out in model.outputs for name in out.get_names()}
+    if missing:
+        raise RuntimeError(f'{xml}: outputs {sorted(missing)} of the deploy config are not in '
+                           'the converted model')
+    ov.save_model(model, xml, compress_to_fp16=False)
+    # RoI extractors and post-processing stay f32 under a bf16 hint
+    runtimes.keep_in_f32(xml, runtimes.outside_layers(model))
+    return xml
+
+
 def _register_openvino():
     from mmdeploy.backend.base import BACKEND_MANAGERS, BACKEND_WRAPPER, BaseWrapper
     from mmdeploy.backend.openvino.backend_manager import OpenVINOManager as StockManager
-    from mmdeploy.utils import get_ir_config, get_root_logger
+    from mmdeploy.utils import get_root_logger
 
     from . import runtimes
 
@@ -559,29 +588,10 @@ def _register_openvino():
         @classmethod
         def to_backend(cls, ir_files, work_dir, deploy_cfg, log_level=logging.INFO,
                        device='cpu', **kwargs):
-            precision = openvino_precision(deploy_cfg)
-            runtimes.check_openvino(precision)
-            ov = runtimes.import_openvino()
-            files = []
-            for onnx_file in ir_files:
-                model = runtimes.openvino_model(onnx_file)
-                if precision == 'int8':
-                    inputs = read_calibration(calibration_path(deploy_cfg, work_dir))
-                    model = runtimes.quantize_openvino(
-                        model, inputs, deploy_cfg['backend_config'].get('keep_float', ()))
-                xml = osp.join(work_dir, osp.splitext(osp.basename(onnx_file))[0] + '.xml')
-                ov.save_model(model, xml, compress_to_fp16=False)
-                # RoI extractors and post-processing stay f32 under a bf16 hint
-                runtimes.keep_in_f32(xml, runtimes.outside_layers(model))
-                files.append(xml)
-            names = get_ir_config(deploy_cfg).get('output_names')
-            if names:
-                missing = set(names) - {name for out in ov.Core().read_model(files[0]).outputs
-                                        for name in out.get_names()}
-                if missing:
-                    raise RuntimeError(f'{files[0]}: outputs {sorted(missing)} of the deploy '
-                                       'config are not in the converted model')
-            return files
+            runtimes.check_openvino(openvino_precision(deploy_cfg))
+            return [write_openvino_ir(runtimes.openvino_model(onnx_file), onnx_file,
+                                      deploy_cfg, work_dir)
+                    for onnx_file in ir_files]
 
     # replaces mmdeploy's (whose registry logs the replacement at INFO on every import)
     logger = get_root_logger()

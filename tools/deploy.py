@@ -122,24 +122,24 @@ def _sensitivity(args, deploy_cfg, model_cfg, onnx_file, num_images, reference, 
     (``int8``: (IR file, metrics)); prints the table."""
     import copy
 
-    from mmdeploy.apis.utils import to_backend
-
     import mmef.mmdeploy_compat as compat
     from mmef.export_check import evaluate
+    from mmef.runtimes import openvino_model
     work = osp.join(args.work_dir, 'sensitivity')
     calib_file = osp.abspath(compat.calibration_path(deploy_cfg, args.work_dir))
     rows = [('nothing (PyTorch fp32)', None, reference),
             ('nothing (all INT8)', _quantizers(int8[0]), int8[1])]
+    model = openvino_model(onnx_file)  # converted once, quantized once per part
     for name, pattern in compat.model_parts(onnx_file).items():
         cfg = copy.deepcopy(deploy_cfg)  # each part alone: the patterns must not accumulate
         cfg.backend_config.keep_float = list(cfg.backend_config.get('keep_float', [])) + [pattern]
         cfg.calib_config = dict(cfg.get('calib_config') or {}, calib_file=calib_file)
         part_dir = osp.join(work, name.replace('/', '_'))
         os.makedirs(part_dir, exist_ok=True)
-        part_files = to_backend('openvino', [onnx_file], part_dir, cfg, device=args.device)
-        rows.append((name, _quantizers(part_files[0]),
+        xml = compat.write_openvino_ir(model, onnx_file, cfg, part_dir)
+        rows.append((name, _quantizers(xml),
                      evaluate(model_cfg, part_dir, num_images, deploy_cfg=cfg,
-                              backend_files=part_files)))
+                              backend_files=[xml])))
     keys = list(reference)
     print(f'INT8 sensitivity on the first {num_images} test images (points; each row: that '
           'part kept in float, the rest INT8):')
