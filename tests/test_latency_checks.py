@@ -261,7 +261,9 @@ def test_observe_command_and_report(tmp_path, capsys):
     assert data['meta']['runtime'] == 'onnxruntime'
     for obs in data['observations']:
         assert obs['rows'][0]['ratio'] == 1.0
-        assert f"holds here: {'yes' if obs['holds'] else 'NO'}" in text
+        # the rule is printed as the rule, not as the reason of a verdict
+        assert (f"holds here: {'yes' if obs['holds'] else 'NO'} (the rule: it holds where "
+                f"{obs['rule']})") in text
     tool.main(['report', out, '--out-dir', str(tmp_path / 'r')])
     md = open(tmp_path / 'r' / 'report.md').read()
     assert "The paper's four latency observations" in md

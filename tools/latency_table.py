@@ -299,7 +299,7 @@ def cmd_observe(args):
           f"({m['dtype']}), {m['cpu']['model']}, {m['threads']} threads")
     for obs in result['observations']:
         print(f"\n({obs['number']}) {obs['claim']}\n    holds here: "
-              f"{'yes' if obs['holds'] else 'NO'} ({obs['rule']})")
+              f"{'yes' if obs['holds'] else 'NO'} (the rule: it holds where {obs['rule']})")
         for r in obs['rows']:
             print(f"    {r['label']:<48} {r['ms']:9.2f} ms  {r['ratio']:5.2f}x")
     if args.out:
