@@ -490,9 +490,10 @@ def keep_freed_memory():
     return bool(ok)
 
 
-def flush_denormals():
+def flush_denormals(enabled=True):
     """Flushes denormal floats to zero (FTZ / DAZ) in PyTorch, process-wide, and makes the
-    onnxruntime sessions and OpenVINO models this module compiles afterwards do the same.
+    onnxruntime sessions and OpenVINO models this module compiles afterwards do the same
+    (``enabled=False``: back to IEEE denormals, the default, for what is compiled afterwards).
 
     Denormals (|x| < 1.2e-38) are computed in microcode on x86, up to 100x slower: a softmax of
     large logits gives them, and every product with those probabilities pays. Measured here
@@ -500,8 +501,8 @@ def flush_denormals():
     inside the network against 4.5 ms on a random input of the same shape, and 4.5 ms in the
     network with denormals flushed (docs/latency.md). Flushing changes results by less than
     1.2e-38 per value. Returns False where the CPU cannot (nothing done)."""
-    ok = bool(torch.set_flush_denormal(True))
-    _DENORMALS['flushed'] = ok
+    ok = bool(torch.set_flush_denormal(enabled))
+    _DENORMALS['flushed'] = ok and enabled
     return ok
 
 
