@@ -25,10 +25,11 @@ SIZE = (40, 56)  # stages 10x14, 5x7, 3x4, 2x2
 NARROW = dict(min_widths=16, max_widths=32)
 
 
-def tiny_table(tmp_path, family='v1', runtime='torch', keys=None, name='t.json', space=None):
+def tiny_table(tmp_path, family='v1', runtime='torch', keys=None, name='t.json', space=None,
+               sweeps=None):
     space = space or SearchSpace.default(family).with_widths(**NARROW)
     return build_table(family, SIZE, str(tmp_path / name), runtime, threads=1, runs=2, warmup=1,
-                       space=space, keys=keys, progress=False)
+                       space=space, keys=keys, progress=False, sweeps=sweeps)
 
 
 # ---------------------------------------------------------------------------- search space
@@ -257,7 +258,9 @@ def test_interrupted_build_resumes_without_retiming(tmp_path, monkeypatch):
 
     monkeypatch.setattr(table_module, 'time_entry', flaky)
     out = tmp_path / 'r.json'
-    with pytest.raises(KeyboardInterrupt, match=r'interrupted: 4 of \d+ entries are kept in '
+    n = len(all_keys)
+    with pytest.raises(KeyboardInterrupt, match=rf'interrupted: the entries timed so far \(4 of '
+                       rf'{2 * n} visits: {n} entries x 2 sweeps, 0 entries done\) are kept in '
                        r'.*r\.json\.partial; the same command resumes there'):
         tiny_table(tmp_path, name='r.json', space=space)
     assert not out.exists()
@@ -277,10 +280,70 @@ def test_interrupted_build_resumes_without_retiming(tmp_path, monkeypatch):
     # re-timing (tested on its own) may time any entry again
     monkeypatch.setattr(table_module, 'outliers', lambda table, tolerance=0.25: [])
     table = tiny_table(tmp_path, name='r.json', space=space)
-    assert sorted(timed) == sorted(set(all_keys) - set(first))
+    # the first sweep's other entries, then the second sweep over all of them
+    assert sorted(timed[:n - 4]) == sorted(set(all_keys) - set(first))
+    assert sorted(timed[n - 4:]) == sorted(all_keys)
     assert sorted(table.entries) == sorted(all_keys)
-    assert all(table.entries[k] == v for k, v in first.items())
+    for k, v in first.items():  # the interrupted build's runs are kept, not timed again
+        assert table.entries[k]['runs_ms'][:1] == v['runs_ms']
+        assert table.entries[k]['sweeps_ms'][:1] == v['sweeps_ms']
+        assert len(table.entries[k]['sweeps_ms']) == 2
     assert out.exists() and not osp.exists(str(out) + '.partial')
+
+
+def test_runs_are_shared_by_sweeps_over_the_whole_table(tmp_path, monkeypatch):
+    assert table_module.sweep_runs(10, 3) == [4, 3, 3]
+    assert table_module.sweep_runs(2, 1) == [2]
+    with pytest.raises(ValueError, match='3 sweeps cannot share 2 timed runs.*--runs / --sweeps'):
+        table_module.sweep_runs(2, 3)
+    space = SearchSpace.default('v1').with_widths(min_widths=16, max_widths=16)
+    keys = sorted(e.key for e in space_entries(space))
+    visits = []
+    real = table_module.time_entry
+
+    def record(family, entry, input_size, runtime, device, threads, batch, runs, *a, **k):
+        visits.append((entry.key, runs))
+        return real(family, entry, input_size, runtime, device, threads, batch, runs, *a, **k)
+
+    monkeypatch.setattr(table_module, 'time_entry', record)
+    monkeypatch.setattr(table_module, 'outliers', lambda table, tolerance=0.25: [])
+    table = build_table('v1', SIZE, str(tmp_path / 's.json'), threads=1, runs=4, warmup=1,
+                        space=space, progress=False, sweeps=3)
+    n = len(keys)
+    # sweep-major: every entry once (2 runs: the remainder goes first) before any a second time
+    assert [r for _, r in visits] == [2] * n + [1] * n + [1] * n
+    for sweep in range(3):
+        assert sorted(k for k, _ in visits[sweep * n:(sweep + 1) * n]) == keys
+    assert table.meta['sweeps'] == 3 and table.meta['runs'] == 4
+    for key, row in table.entries.items():
+        assert len(row['runs_ms']) == 4 and len(row['sweeps_ms']) == 3
+        assert row['ms'] == round(statistics.median(row['runs_ms']), 4)
+        assert row['sweeps_ms'][0] == pytest.approx(statistics.median(row['runs_ms'][:2]), abs=1e-4)
+    drift = table.meta['drift']
+    assert drift['sweeps'] == 3 and len(drift['per_stage']) == 4
+    assert drift['worst'] == max(drift['per_stage']) >= 0
+    with pytest.raises(ValueError, match='4 sweeps cannot share 2 timed runs'):
+        build_table('v1', SIZE, str(tmp_path / 'x.json'), threads=1, runs=2, space=space,
+                    progress=False, sweeps=4)
+    assert not osp.exists(tmp_path / 'x.json.partial')
+
+
+def test_drift_between_sweeps_is_measured_per_stage_and_warned(tmp_path):
+    table = tiny_table(tmp_path)
+    table.meta['sweeps'] = 2
+    for key, row in table.entries.items():  # stage 3's entries 20 % slower in the first sweep
+        row['sweeps_ms'] = [1.2, 1.0] if Entry.parse(key).stage == 2 else [1.0, 1.0]
+    counts = [sum(Entry.parse(k).stage == s for k in table.entries) for s in range(4)]
+    drift = table_module.sweep_drift(table)
+    assert drift['per_stage'] == [0.0, 0.0, 0.2, 0.0] and drift['worst'] == 0.2
+    assert drift['stage_sums_ms'][2] == [round(1.2 * counts[2], 3), float(counts[2])]
+    table.meta['drift'] = drift
+    assert any("the host's speed drifted while the table was built" in w and 'stage 3 20 %' in w
+               and 'stage 1' not in w for w in table.warnings())
+    table.meta['drift'] = dict(drift, per_stage=[0.0, 0.0, 0.05, 0.0], worst=0.05)
+    assert not any('drifted' in w for w in table.warnings())
+    table.meta['sweeps'] = 1
+    assert table_module.sweep_drift(table) is None
 
 
 # ---------------------------------------------------------------------------- runtimes, CLI
@@ -428,7 +491,7 @@ def test_openvino_table(tmp_path, runtime):
     """OpenVINO tables (f32 and INT8: entries quantized by mmef.runtimes.quantize_openvino,
     checked against PyTorch within RUNTIME_TOL['int8'] before they are timed)."""
     pytest.importorskip('openvino', reason='OpenVINO is installed by scripts/setup.sh')
-    table = tiny_table(tmp_path, runtime=runtime, keys=['stem0:16', 'mb3df3:16'])
+    table = tiny_table(tmp_path, runtime=runtime, keys=['stem0:16', 'mb3df3:16'], sweeps=1)
     assert table.meta['runtime'] == runtime and table.meta['allocator'] == f'{runtime} arena'
     assert table.meta['dtype'] == ('int8' if runtime.endswith('int8') else 'fp32')
     assert sorted(table.entries) == ['mb3df3:16', 'stem0:16']

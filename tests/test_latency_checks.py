@@ -59,8 +59,9 @@ def test_a_build_on_a_busy_machine_retimes_then_stops_keeping_what_it_timed(tmp_
 
     monkeypatch.setattr(table_module, 'time_entry', loaded_after_three)
     with pytest.raises(BusyMachine, match=r'the machine is busy: the runs of entry .* \(3 times\) '
-                       r'spread beyond 2x.*The 3 entries timed so far are kept in .*t\.json\.'
-                       r'partial: the same command resumes there'):
+                       r'spread beyond 2x.*The entries timed so far \(3 of 60 visits: 20 '
+                       r'entries x 3 sweeps, 0 entries done\) are kept in .*t\.json\.partial: '
+                       r'the same command resumes there'):
         _build(tmp_path)
     assert calls[3:] == [keys[3]] * 3  # timed once and re-timed twice, then stopped
     partial = LatencyTable.load(str(tmp_path / 't.json.partial'), partial=True)
@@ -133,7 +134,7 @@ def test_misses_and_warnings_name_what_is_wrong(tmp_path):
                                  'Spearman 0.900 < 0.95']
     assert measure.misses(dict(n=2, median_abs_error=0, worst_abs_error=0,
                                spearman=float('nan'))) == []  # ranks of 2 archs say nothing
-    table = _build(tmp_path)
+    table = _build(tmp_path, sweeps=1)  # no drift between sweeps to warn of (tested apart)
     assert table.warnings() == ['the table has no check of its own (whole backbones timed at '
                                 'the end of the build); add one: tools/latency_table.py check '
                                 'TABLE']
@@ -209,7 +210,7 @@ def test_resume_says_so_and_refuses_other_archs(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         tool.main(base + [l1ish])
     assert e.value.code == 130
-    assert 'interrupted: 2 of' in capsys.readouterr().err
+    assert 'interrupted: the entries timed so far (2 of' in capsys.readouterr().err
     monkeypatch.setattr(table_module, 'time_entry', real)
     with pytest.raises(SystemExit, match=r'holds an interrupted build of other entries \(another '
                        r'--archs / --random / --seed: \d+ entries there, \d+ entries asked\)'):

@@ -86,13 +86,23 @@ def cmd_build(args):
     table = build_table(args.family, tuple(args.size), args.out, args.runtime, args.device,
                         args.threads, args.batch, args.runs, args.warmup, space, keys,
                         progress=not args.no_progress, overwrite=args.overwrite,
-                        busy_spread=args.busy_spread, check=check, calibrate=calibrate)
+                        busy_spread=args.busy_spread, check=check, calibrate=calibrate,
+                        sweeps=args.sweeps)
     print(f'{args.out}: {table.describe()}')
+    _print_drift(table)
     _print_correction(table)
     _print_check(table)
 
 
 CALIBRATION_SEED = 2000  # random archs of the correction's fit (the check's are seed 1000)
+
+
+def _print_drift(table):
+    d = table.meta.get('drift')
+    if d:
+        print(f"drift of the host during the build: the {d['sweeps']} sweeps' sums of each "
+              f"stage's entries differ by {', '.join(f'{100 * v:.1f}' for v in d['per_stage'])} "
+              f"% (stages 1-4; the entries are the medians of all the sweeps' runs)")
 
 
 def _print_correction(table):
@@ -324,6 +334,7 @@ def _write_json(path, data):
 
 
 def parse_args(argv=None):
+    from mmef.latency.table import SWEEPS
     from mmef.runtimes import RUNTIMES
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -338,7 +349,12 @@ def parse_args(argv=None):
     b.add_argument('--threads', type=int, default=None, help='default: torch\'s')
     b.add_argument('--batch', type=int, default=1)
     b.add_argument('--runs', type=int, default=10)
-    b.add_argument('--warmup', type=int, default=3)
+    b.add_argument('--warmup', type=int, default=3, help='untimed runs before each visit of '
+                   'an entry')
+    b.add_argument('--sweeps', type=int, default=None,
+                   help=f'(default {SWEEPS}, or --runs when fewer) passes over the whole table '
+                   'that share each entry\'s --runs, so that a slow spell of the host falls on every stage alike (docs/latency.md); their '
+                   'difference is reported as the host\'s drift')
     b.add_argument('--min-widths', nargs='+', type=int, metavar='W',
                    help='one width for every stage or four (default: the width step)')
     b.add_argument('--max-widths', nargs='+', type=int, metavar='W',

@@ -10,9 +10,15 @@ A table is JSON a person can read and diff::
      "entries": {"mb4d0:48": {"ms": 12.3, "q1": 12.1, "q3": 12.6, "min": 12.0, "max": 13.1,
                               "runs_ms": [...], "context": ["mb4d0:48"]}, ...}}
 
-``ms`` is the median of ``runs`` timed runs (``runs_ms``) after ``warmup`` runs; ``q1`` / ``q3``
-the quartiles. An entry far slower than its neighbours of other widths is timed twice more
-(:func:`retime_outliers`) and its statistics are then those of all its runs.
+``ms`` is the median of ``runs`` timed runs (``runs_ms``); ``q1`` / ``q3`` the quartiles. The runs
+are split over ``sweeps`` passes over the whole table (``meta['sweeps']``), each visit of an entry
+compiling it anew and running ``warmup`` untimed runs first; ``sweeps_ms`` holds the median of each
+visit. A slow spell of the host (minutes long on shared machines) then falls on a share of every
+stage's runs instead of on all the runs of the stage being timed during it, where it would be baked
+into that stage's entries; ``meta['drift']`` records how far the sweeps' sums of each stage
+differ, the host's drift during the build (:func:`sweep_drift`). An entry far slower than its
+neighbours of other widths is timed twice more (:func:`retime_outliers`) and its statistics are
+then those of all its runs.
 Each entry is timed in its deployed form right after the part that precedes it in a network
 (:func:`mmef.latency.blocks.context_of`), so its weights and input are as cold or warm in cache as
 they are there; only the entry itself is inside the timer. On OpenVINO (:func:`in_graph`) the
@@ -36,6 +42,8 @@ FORMAT = 1
 # what makes a table valid for a question: these must match the one asked
 VALIDITY = ('family', 'input_size', 'batch', 'runtime', 'device', 'allocator', 'denormals')
 BUSY_RETRIES = 2  # an entry timed on a busy machine is timed this many more times
+SWEEPS = 3  # passes over the table that share an entry's timed runs (build_table)
+DRIFT_WARN = 0.10  # a stage's sums in two sweeps further apart than this: the host drifted
 METHODS = {  # how the entries were timed (EntryTimer), recorded in a table's meta
     'chained': 'each entry deployed, timed right after the part that precedes it in a network '
                '(its context); median of the timed runs',
@@ -128,8 +136,9 @@ class LatencyTable:
 
     def warnings(self):
         """Why this table's predictions may not hold here, as sentences (empty: none known):
-        it was built on another CPU (model or SIMD flags); its own check at the end of the
-        build (:func:`mmef.latency.measure.self_check`) missed the targets; it has no check."""
+        it was built on another CPU (model or SIMD flags); the host's speed drifted between its
+        sweeps (:func:`sweep_drift`); its own check at the end of the build
+        (:func:`mmef.latency.measure.self_check`) missed the targets; it has no check."""
         from ..runtimes import cpu_info
         from .measure import TARGETS
         out = []
@@ -140,6 +149,15 @@ class LatencyTable:
                        f"{' '.join(there.get('flags', []))}); this is {here['model']} "
                        f"({' '.join(here['flags'])}): its predictions are for that machine "
                        '(build one here: tools/latency_table.py build)')
+        drift = self.meta.get('drift')
+        if drift and drift['worst'] > DRIFT_WARN:
+            stages = ', '.join(f'stage {i + 1} {100 * d:.0f} %' for i, d in
+                               enumerate(drift['per_stage']) if d > DRIFT_WARN)
+            out.append(f"the host's speed drifted while the table was built: the entries' sums "
+                       f"in its {drift['sweeps']} sweeps differ by up to "
+                       f"{100 * drift['worst']:.0f} % ({stages}; a quiet host: a few %); the "
+                       'medians over the sweeps absorb a slow spell in one of them, not a '
+                       'host that changed for good: build it again on a quiet machine')
         check = self.meta.get('check')
         if check is None:
             out.append('the table has no check of its own (whole backbones timed at the end of '
@@ -408,38 +426,89 @@ def _requested(requested):
     return 'the whole space' if requested == 'space' else f'{len(requested)} entries'
 
 
+def sweep_runs(runs, sweeps):
+    """How many of ``runs`` timed runs each of ``sweeps`` visits of an entry makes (the first
+    ones take the remainder): ``sweep_runs(10, 3) == [4, 3, 3]``."""
+    if not 1 <= sweeps <= runs:
+        raise ValueError(f'{sweeps} sweeps cannot share {runs} timed runs of an entry (each '
+                         'sweep times every entry at least once): ask for at least as many runs '
+                         'as sweeps (--runs / --sweeps)')
+    return [runs // sweeps + (i < runs % sweeps) for i in range(sweeps)]
+
+
+def _visits(entries, key):
+    return len(entries[key].get('sweeps_ms', [entries[key]['ms']])) if key in entries else 0
+
+
 def _time_entries(family, todo, entries, meta, input_size, runtime, device, threads, batch,
                   runs, warmup, busy_spread, contexts, bar, partial_path):
-    """The timing loop of :func:`build_table`: each entry of ``todo`` not in ``entries``,
-    saved to ``partial_path`` after each."""
+    """The timing loop of :func:`build_table`: ``meta['sweeps']`` passes over ``todo``, each
+    visiting every entry not yet timed in that pass (:func:`sweep_runs` of its runs, after
+    ``warmup``); ``entries`` saved to ``partial_path`` after each visit."""
     from ..runtimes import BusyMachine, busy, busy_message
-    for entry in todo:
-        if entry.key in entries:
-            continue
-        bar.show(entry.key)
-        for attempt in range(BUSY_RETRIES + 1):
-            samples = {}
-            times = time_entry(family, entry, input_size, runtime, device, threads, batch, runs,
-                               warmup, contexts, samples)
-            spreads = busy(samples or {entry.key: times}, busy_spread)
-            if not spreads:
-                break
-        else:
-            raise BusyMachine(busy_message(f'entry {entry.key} ({BUSY_RETRIES + 1} times)',
-                                           spreads, busy_spread) + f'. The {len(entries)} '
-                              f'entries timed so far are kept in {partial_path}: the same command '
-                              'resumes there')
-        entries[entry.key] = dict(_quartiles(times), runs_ms=[round(t, 4) for t in times],
-                                  context=[e.key for e in context_of(family, entry)])
-        LatencyTable(meta, entries).save(partial_path)
-        bar.step()
+    for sweep, n in enumerate(sweep_runs(runs, meta['sweeps'])):
+        for entry in todo:
+            if _visits(entries, entry.key) > sweep:
+                continue
+            bar.show(f'{entry.key} ({sweep + 1}/{meta["sweeps"]})')
+            for attempt in range(BUSY_RETRIES + 1):
+                samples = {}
+                times = time_entry(family, entry, input_size, runtime, device, threads, batch,
+                                   n, warmup, contexts, samples)
+                spreads = busy(samples or {entry.key: times}, busy_spread)
+                if not spreads:
+                    break
+            else:
+                raise BusyMachine(busy_message(
+                    f'entry {entry.key} ({BUSY_RETRIES + 1} times)', spreads, busy_spread)
+                    + f'. The entries timed so far ({_done(entries, todo, meta)}) are kept in '
+                    f'{partial_path}: the same command resumes there')
+            row = entries.get(entry.key, dict(runs_ms=[], sweeps_ms=[]))
+            run_ms = row['runs_ms'] + [round(t, 4) for t in times]
+            entries[entry.key] = dict(_quartiles(run_ms), runs_ms=run_ms,
+                                      sweeps_ms=row['sweeps_ms'] + [
+                                          round(statistics.median(times), 4)],
+                                      context=[e.key for e in context_of(family, entry)])
+            LatencyTable(meta, entries).save(partial_path)
+            bar.step()
+
+
+def _done(entries, todo, meta):
+    sweeps = meta['sweeps']
+    visits = sum(min(_visits(entries, e.key), sweeps) for e in todo)
+    return (f'{visits} of {len(todo) * sweeps} visits: {len(todo)} entries x {sweeps} sweeps, '
+            f'{sum(_visits(entries, e.key) >= sweeps for e in todo)} entries done')
+
+
+def sweep_drift(table):
+    """How far the host's speed moved during the build, from the entries' visits in each sweep:
+    ``{'stage_sums_ms': [[stage s's sum of the entries' medians in each sweep] per stage],
+    'per_stage': [max / min - 1 of those sums], 'worst': max of them, 'sweeps': n}``; None for a
+    table timed in one sweep. Each entry is counted once, so a stage with many entries at
+    one width weighs as the table does, not as a network does."""
+    sweeps = table.meta.get('sweeps', 1)
+    if sweeps < 2:
+        return None
+    sums = [[0.0] * sweeps for _ in range(4)]
+    for key, row in table.entries.items():
+        for i, ms in enumerate(row.get('sweeps_ms', [])[:sweeps]):
+            sums[Entry.parse(key).stage][i] += ms
+    per_stage = [round(max(s) / min(s) - 1, 4) if min(s) > 0 else 0.0 for s in sums]
+    return dict(stage_sums_ms=[[round(v, 3) for v in s] for s in sums], per_stage=per_stage,
+                worst=max(per_stage), sweeps=sweeps)
 
 
 def build_table(family, input_size, out, runtime='torch', device='cpu', threads=None, batch=1,
                 runs=10, warmup=3, space=None, keys=None, progress=True, overwrite=False,
-                busy_spread=None, check=None, calibrate=None):
+                busy_spread=None, check=None, calibrate=None, sweeps=None):
     """Times every entry of ``space`` (default: the family's whole space) or only ``keys``,
     and writes the table to ``out`` atomically.
+
+    Each entry's ``runs`` timed runs are split over ``sweeps`` passes over all the entries
+    (:func:`sweep_runs`; each visit compiles the entry and runs ``warmup`` untimed runs first;
+    default :data:`SWEEPS`, or ``runs`` when fewer): the module docstring says why. The host's
+    drift between the sweeps is stored under ``meta['drift']`` (:func:`sweep_drift`) and
+    reported by :meth:`LatencyTable.warnings` beyond :data:`DRIFT_WARN`.
 
     The entries timed so far are kept in ``out + '.partial'`` (rewritten atomically after each
     entry): an interrupted build started again with the same settings resumes there without
@@ -470,13 +539,15 @@ def build_table(family, input_size, out, runtime='torch', device='cpu', threads=
     if os.path.exists(out) and not overwrite:
         raise FileExistsError(f'{out} exists; choose another --out or pass --overwrite to '
                               'replace it')
+    sweeps = min(SWEEPS, runs) if sweeps is None else sweeps
+    sweep_runs(runs, sweeps)  # refuses sweeps that cannot share the runs
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     todo = sorted(space_entries(space)) if keys is None else sorted(Entry.parse(k) for k in keys)
     meta = dict(family=family, input_size=list(input_size), batch=batch,
                 **runtime_info(runtime, device, threads), runs=runs, warmup=warmup,
-                space=space.to_dict(), method=METHODS['in-graph' if in_graph(runtime) else
-                                                      'chained'],
+                sweeps=sweeps, space=space.to_dict(),
+                method=METHODS['in-graph' if in_graph(runtime) else 'chained'],
                 date=datetime.datetime.now().isoformat(timespec='seconds'),
                 requested='space' if keys is None else [e.key for e in todo])
     partial_path = out + '.partial'
@@ -484,8 +555,8 @@ def build_table(family, input_size, out, runtime='torch', device='cpu', threads=
     if os.path.exists(partial_path):
         partial = LatencyTable.load(partial_path, partial=True)
         same = ('family', 'input_size', 'batch', 'runtime', 'runtime_version', 'device',
-                'threads', 'dtype', 'runs', 'warmup', 'torch_version', 'space', 'allocator',
-                'denormals', 'method')
+                'threads', 'dtype', 'runs', 'warmup', 'sweeps', 'torch_version', 'space',
+                'allocator', 'denormals', 'method')
         diff = [k for k in same if partial.meta.get(k) != meta[k]]
         if partial.meta['cpu'] != meta['cpu']:
             diff.append('cpu')
@@ -502,9 +573,10 @@ def build_table(family, input_size, out, runtime='torch', device='cpu', threads=
         entries = {k: v for k, v in partial.entries.items()}
         meta['date'] = partial.meta['date']
         print(f'resuming the interrupted build in {partial_path}: '
-              f'{sum(e.key in entries for e in todo)} of {len(todo)} entries already timed '
-              f'(since {meta["date"]})', file=sys.stderr)
-    bar = _Progress(len(todo), sum(e.key in entries for e in todo), progress)
+              f'{_done(entries, todo, meta)} already timed (since {meta["date"]})',
+              file=sys.stderr)
+    bar = _Progress(len(todo) * sweeps, sum(min(_visits(entries, e.key), sweeps) for e in todo),
+                    progress)
     contexts = {}
     try:
         _time_entries(family, todo, entries, meta, input_size, runtime, device, threads, batch,
@@ -512,10 +584,11 @@ def build_table(family, input_size, out, runtime='torch', device='cpu', threads=
     except KeyboardInterrupt:
         bar.close()
         raise KeyboardInterrupt(
-            f'interrupted: {len(entries)} of {len(todo)} entries are kept in {partial_path}; '
-            'the same command resumes there') from None
+            f'interrupted: the entries timed so far ({_done(entries, todo, meta)}) are kept in '
+            f'{partial_path}; the same command resumes there') from None
     bar.close()
     table = LatencyTable(meta, entries)
+    meta['drift'] = sweep_drift(table)
     retime_outliers(table, runs=runs, warmup=warmup, progress=progress, contexts=contexts,
                     save_to=partial_path)
     contexts.clear()
