@@ -371,15 +371,23 @@ def test_calibration_and_check_archs_are_timed_in_one_measurement(tmp_path, monk
     assert record['rows'][0]['predicted_ms'] == pytest.approx(table.predict(check[0]))
 
 
-def test_calibration_archs_spread_over_the_share_of_attention():
-    from mmef.latency.measure import calibration_archs
-    for family in ('v1', 'v2'):
+def test_calibration_archs_spread_over_the_share_of_attention_and_over_size():
+    """Half over the share of attention, half over size from below the smallest released
+    variant to near the largest (V1 L7, V2 L: uniform random archs stay far below them)."""
+    from mmef.latency.measure import calibration_archs, work
+    for family, small, large in (('v1', 'l1', 'l7'), ('v2', 's0', 'l')):
         space = SearchSpace.default(family)
         archs = calibration_archs(space, 12, seed=2000)
         assert len(archs) == 12 and archs == calibration_archs(space, 12, seed=2000)
-        shares = [a['num_attn_blocks'] / sum(a['depths']) for a in archs]
+        shares = [a['num_attn_blocks'] / sum(a['depths']) for a in archs[:6]]
         assert shares == sorted(shares) and shares[-1] - shares[0] > 0.2
+        sizes = [work(a) for a in archs[6:]]
+        assert sizes == sorted(sizes) and len({str(a) for a in archs}) == 12
+        assert sizes[0] <= work(space.arch(small)) and sizes[-1] >= 0.75 * work(space.arch(large))
         assert all(space.violations(a) == [] for a in archs)
+    # the V1 proxy by hand: L1 = 3 x 48^2 + 2 x 96^2 / 4 + 6 x 224^2 / 16 + 4 x 448^2 / 64
+    assert work(SearchSpace.default('v1').arch('l1')) == 3 * 48 ** 2 + 2 * 96 ** 2 / 4 + \
+        6 * 224 ** 2 / 16 + 4 * 448 ** 2 / 64
 
 
 def test_benchmark_on_a_busy_machine_times_again_then_stops(monkeypatch, capsys):

@@ -246,15 +246,29 @@ def test_int8_accuracy_check_fails_where_a_layer_must_stay_float(tmp_path, capsy
     model, ckpt, image = _two_class_model(config, tmp_path, seed=24)
     _own_labels(data, config, ckpt)
     argv = [SEG_INT8, config, ckpt, image, '--val', '3', '--calib', '6']
+    parts = ('backbone/stem, backbone/stages.0, backbone/stages.1, backbone/stages.2, '
+             'backbone/stages.3, neck, scale_heads, conv_seg')
+    # a misspelt part is refused right after the export, naming the model's parts
+    with pytest.raises(SystemExit, match=rf'^--sensitivity: conv_sge: not a part of this model; '
+                       rf'its parts: {re.escape(parts)}$'):
+        deploy_tool.main(argv + ['--work-dir', str(tmp_path / 'typo'), '--sensitivity',
+                                 'conv_seg', 'conv_sge'])
+    assert not osp.exists(tmp_path / 'typo' / 'end2end.xml')
+    capsys.readouterr()
+    # three of the parts (each row costs a quantization and an evaluation)
     with pytest.raises(SystemExit) as failed:
-        deploy_tool.main(argv + ['--work-dir', str(tmp_path / 'int8'), '--sensitivity'])
+        deploy_tool.main(argv + ['--work-dir', str(tmp_path / 'int8'), '--sensitivity',
+                                 'scale_heads', 'conv_seg', 'backbone/stem'])
     assert failed.value.code == 1
     printed = capsys.readouterr()
+    assert (f'parts of the model: {parts}; the sensitivity keeps in float backbone/stem, '
+            'scale_heads, conv_seg') in printed.out
     fp32, int8 = _miou_line(printed.out)
     assert fp32 == 100.0 and int8 < 99.0, printed.out
     assert 'loses more than 1.0 points' in printed.err
     rows = {name: (int(ops), float(miou)) for name, ops, miou in
             re.findall(r'^\| (\S+) \| (\d+) \| ([0-9.]+) \|$', printed.out, re.M)}
+    assert sorted(rows) == ['backbone/stem', 'conv_seg', 'scale_heads'], rows
     assert rows['conv_seg'][1] >= 99.0, rows  # the sensitivity run finds the layer
     assert rows['backbone/stem'][1] < 99.0 and rows['scale_heads'][1] < 99.0, rows
     # each row keeps only its part in float, the others stay quantized (one FakeQuantize op per

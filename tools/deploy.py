@@ -19,7 +19,8 @@ metric instead: ``--val N`` (default 50 for them) evaluates mmdet's / mmseg's Py
 the export on the first N images of the config's test dataloader and exits 1 when the export
 loses more than 0.5 (bf16) or 1.0 (INT8) points of box / mask AP or mIoU
 (mmef.export_check.PRECISION_TOLERANCE). ``--sensitivity`` (INT8) evaluates the model once with
-each part of it kept in float and prints the table, to choose the deploy config's keep_float.
+each part of it (or each part named after it) kept in float and prints the table, to choose the
+deploy config's keep_float.
 
 Example:
     python tools/deploy.py configs/mmdeploy/segmentation_onnxruntime_dynamic.py \\
@@ -50,8 +51,10 @@ def parse_args(argv=None):
     parser.add_argument('--calib', type=int, default=None, metavar='N',
                         help='INT8: calibration images from the training set (default: the '
                              "deploy config's calib_config.num_images)")
-    parser.add_argument('--sensitivity', action='store_true',
-                        help='INT8: the metric with each part of the model kept in float')
+    parser.add_argument('--sensitivity', nargs='*', default=None, metavar='PART',
+                        help='INT8: the metric with each part of the model kept in float (or '
+                             'only the PARTs named, e.g. backbone/stem conv_seg: a big model\'s '
+                             'rows each cost an evaluation)')
     args = parser.parse_args(argv)
     for name in ('val', 'calib'):
         if getattr(args, name) is not None and getattr(args, name) < 0:
@@ -116,21 +119,37 @@ def _quantizers(xml):
                for op in import_openvino().Core().read_model(xml).get_ops())
 
 
-def _sensitivity(args, deploy_cfg, model_cfg, onnx_file, num_images, reference, int8):
-    """INT8: the task's metric with each part of the model (mmef.mmdeploy_compat.model_parts)
-    kept in float and the rest quantized, next to PyTorch's (``reference``) and all-INT8's
-    (``int8``: (IR file, metrics)); prints the table."""
+def _sensitivity_parts(args, onnx_file):
+    """{name: keep_float pattern} of the parts ``--sensitivity`` evaluates (all the model's, or
+    those named); exits naming the model's parts when a name is not one of them."""
+    import mmef.mmdeploy_compat as compat
+    parts = compat.model_parts(onnx_file)
+    unknown = [name for name in args.sensitivity if name not in parts]
+    if unknown:
+        sys.exit(f'--sensitivity: {", ".join(unknown)}: not a part of this model; its parts: '
+                 f'{", ".join(parts)}')
+    named = {name: parts[name] for name in parts if name in args.sensitivity}
+    print(f'parts of the model: {", ".join(parts)}; the sensitivity keeps in float '
+          f'{"each of them" if not named else ", ".join(named)}')
+    return named or parts
+
+
+def _sensitivity(parts, deploy_cfg, model_cfg, onnx_file, num_images, reference, int8,
+                 work_dir):
+    """INT8: the task's metric with each of ``parts`` ({name: keep_float pattern}, from
+    :func:`_sensitivity_parts`) kept in float and the rest quantized, next to PyTorch's
+    (``reference``) and all-INT8's (``int8``: (IR file, metrics)); prints the table."""
     import copy
 
     import mmef.mmdeploy_compat as compat
     from mmef.export_check import evaluate
     from mmef.runtimes import openvino_model
-    work = osp.join(args.work_dir, 'sensitivity')
-    calib_file = osp.abspath(compat.calibration_path(deploy_cfg, args.work_dir))
+    work = osp.join(work_dir, 'sensitivity')
+    calib_file = osp.abspath(compat.calibration_path(deploy_cfg, work_dir))
     rows = [('nothing (PyTorch fp32)', None, reference),
             ('nothing (all INT8)', _quantizers(int8[0]), int8[1])]
     model = openvino_model(onnx_file)  # converted once, quantized once per part
-    for name, pattern in compat.model_parts(onnx_file).items():
+    for name, pattern in parts.items():
         cfg = copy.deepcopy(deploy_cfg)  # each part alone: the patterns must not accumulate
         cfg.backend_config.keep_float = list(cfg.backend_config.get('keep_float', [])) + [pattern]
         cfg.calib_config = dict(cfg.get('calib_config') or {}, calib_file=calib_file)
@@ -171,11 +190,11 @@ def main(argv=None):
             runtimes.check_openvino(precision)  # before anything is exported
     except (runtimes.RuntimeUnavailable, ValueError) as e:
         sys.exit(f'{args.deploy_config}: {e}')
-    if args.sensitivity and precision != 'int8':
+    if args.sensitivity is not None and precision != 'int8':
         sys.exit('--sensitivity ranks the parts of an INT8 model: give an *_openvino-int8_* '
                  'deploy config')
     num_val = args.val if args.val is not None else (50 if precision != 'f32' else 0)
-    if args.sensitivity and not num_val:
+    if args.sensitivity is not None and not num_val:
         sys.exit('--sensitivity evaluates on the test images: give --val N (N > 0)')
     if num_val:
         try:
@@ -190,6 +209,8 @@ def main(argv=None):
         torch2onnx(args.image, args.work_dir, save_file, deploy_cfg, model_cfg,
                    args.checkpoint, args.device)
         print(f'wrote {path}')
+        if args.sensitivity is not None:
+            parts = _sensitivity_parts(args, path)  # a misspelt part: before any conversion
         files = _convert(args, deploy_cfg, model_cfg, path, precision)
         name = backend if backend != 'openvino' else f'openvino {precision}'
         failed = []
@@ -218,9 +239,9 @@ def main(argv=None):
             if not figures['passed']:
                 failed.append(f'the {name} model loses more than {figures["tolerance"]} points '
                               'of its task\'s metric')
-            if args.sensitivity:
-                _sensitivity(args, deploy_cfg, model_cfg, path, num_val, reference,
-                             (files[0], exported))
+            if args.sensitivity is not None:
+                _sensitivity(parts, deploy_cfg, model_cfg, path, num_val, reference,
+                             (files[0], exported), args.work_dir)
     if failed:
         print(' '.join(failed) + f' {files[0]} is kept for inspection.', file=sys.stderr)
         sys.exit(1)

@@ -361,13 +361,25 @@ def fit_correction(table, archs, measured, ridge=RIDGE):
                          plain_worst_abs_error=float(np.abs(plain).max())))
 
 
+def work(arch):
+    """A rough size of ``arch`` for ranking archs (not a latency): each stage's depth times its
+    width squared, weighed by its map area (a quarter per stage)."""
+    return sum(d * w * w / 4 ** i for i, (d, w) in enumerate(zip(arch['depths'],
+                                                                     arch['widths'])))
+
+
 def calibration_archs(space, n, seed=2000):
-    """``n`` random archs of ``space`` spread over the share of attention blocks: 5n seeded
-    random archs ranked by that share, every fifth taken (random archs of a space are mostly
-    light on attention, released variants are not; a correction fitted on the former alone
-    misses the latter). Returns a list of arch dicts."""
+    """``n`` archs of ``space`` to fit a table's correction on, spread over what the
+    correction's terms weigh: ``n - n // 2`` over the share of attention blocks (5n seeded
+    random archs ranked by that share, evenly spaced picks: random archs are mostly light on
+    attention, released variants are not) and ``n // 2`` over size (:func:`work`; evenly
+    spaced from the smallest to the largest of the other random archs and 5n large ones, drawn
+    from the top half of each range, seed + 1: uniform draws stay far below the widest
+    variants, e.g. V1 L7, which a correction fitted on them extrapolates to). Returns a list
+    of arch dicts: the share half in order of share, then the size half in order of size."""
     if n <= 0:
         return []
+    by_size = n // 2
     candidates = space.random_archs(5 * n, seed)
 
     def share(arch):
@@ -375,7 +387,12 @@ def calibration_archs(space, n, seed=2000):
         return (arch['num_attn_blocks'] * (2 if space.family == 'v2' else 1)) / blocks
 
     ranked = sorted(candidates, key=share)
-    return [ranked[int((i + 0.5) * len(ranked) / n)] for i in range(n)]
+    chosen = [ranked[int((i + 0.5) * len(ranked) / (n - by_size))] for i in range(n - by_size)]
+    pool = sorted([a for a in candidates if a not in chosen]
+                  + space.random_archs(5 * n, seed + 1, least=0.5), key=work)
+    last = len(pool) - 1  # the smallest and the largest included: the extremes matter most
+    return chosen + [pool[last - round(i * last / max(by_size - 1, 1))]
+                     for i in reversed(range(by_size))]
 
 
 def _measure(table, archs, runs, warmup, progress, busy_spread, before_round=None):

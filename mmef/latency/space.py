@@ -18,6 +18,7 @@ By default every width runs from the step to the widest of the released variants
 released variant's; a user narrows the widths with ``SearchSpace.with_widths``.
 """
 import copy
+import math
 import random
 from dataclasses import dataclass, field, replace
 
@@ -124,10 +125,13 @@ class SearchSpace:
                              + '; '.join(problems))
         return self.arch(arch)
 
-    def random_arch(self, rng):
-        """A uniformly drawn arch of this space (``rng``: a ``random.Random``)."""
-        widths = [rng.choice(self.widths(i)) for i in range(4)]
-        depths = [rng.randint(1, d) for d in self.max_depths]
+    def random_arch(self, rng, least=0.0):
+        """A uniformly drawn arch of this space (``rng``: a ``random.Random``); with ``least``
+        > 0, its widths and depths drawn from the top ``1 - least`` of each stage's range (the
+        large archs that uniform draws rarely give)."""
+        widths = [rng.choice(self.widths(i)[int(least * len(self.widths(i))):])
+                  for i in range(4)]
+        depths = [rng.randint(max(1, math.ceil(least * d)), d) for d in self.max_depths]
         if self.family == 'v1':
             arch = dict(widths=widths, depths=depths, num_attn_blocks=rng.randint(0, depths[3]))
         else:
@@ -137,6 +141,6 @@ class SearchSpace:
                                     for d in depths])
         return self.check(arch)
 
-    def random_archs(self, n, seed=0):
+    def random_archs(self, n, seed=0, least=0.0):
         rng = random.Random(seed)
-        return [self.random_arch(rng) for _ in range(n)]
+        return [self.random_arch(rng, least) for _ in range(n)]
