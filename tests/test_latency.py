@@ -340,8 +340,11 @@ def test_drift_between_sweeps_is_measured_per_stage_and_warned(tmp_path):
     table.meta['drift'] = drift
     assert any("the host's speed drifted while the table was built" in w and 'stage 3 20 %' in w
                and 'stage 1' not in w for w in table.warnings())
-    table.meta['drift'] = dict(drift, per_stage=[0.0, 0.0, 0.05, 0.0], worst=0.05)
+    # the limit (DRIFT_WARN, 10 %) itself is quiet, just beyond it is not
+    table.meta['drift'] = dict(drift, per_stage=[0.0, 0.0, 0.10, 0.0], worst=0.10)
     assert not any('drifted' in w for w in table.warnings())
+    table.meta['drift'] = dict(drift, per_stage=[0.0, 0.0, 0.0, 0.101], worst=0.101)
+    assert any('stage 4 10 %' in w for w in table.warnings() if 'drifted' in w)
     table.meta['sweeps'] = 1
     assert table_module.sweep_drift(table) is None
 
