@@ -357,7 +357,7 @@ def _torch_compiled(module, device, dtype):
 
 def _onnx_file(module, example, workdir):
     from .deploy import export_onnx
-    path = os.path.join(workdir or tempfile.mkdtemp(prefix='mmef-onnx-'), 'model.onnx')
+    path = os.path.join(workdir, 'model.onnx')
     return path, export_onnx(module, example, path)
 
 
@@ -395,7 +395,9 @@ def compile_module(module, example, runtime='torch', device='cpu', threads=None,
         runtime (str): One of :data:`RUNTIMES`.
         device (str): 'cpu' or 'cuda' (torch runtimes only).
         threads (int, optional): Intra-op threads of onnxruntime / OpenVINO (default: torch's).
-        workdir (str, optional): Where ONNX files go (default: a new temporary folder).
+        workdir (str, optional): Where ONNX files go and stay (default: a temporary folder,
+            removed once the runtime holds the compiled model: a table build compiles one
+            model per entry and visit).
         name (str, optional): For messages.
         spin (bool): onnxruntime only: whether the session's threads spin, waiting for work,
             after a run (its default). Several sessions run in turn share the cores: spinning
@@ -408,6 +410,15 @@ def compile_module(module, example, runtime='torch', device='cpu', threads=None,
     if runtime.startswith('torch'):
         return _torch_compiled(module, device,
                                torch.bfloat16 if runtime == 'torch-bf16' else None)
+    if workdir is not None:
+        return _compile_exported(module, example, runtime, threads, workdir, name, spin)
+    with tempfile.TemporaryDirectory(prefix='mmef-onnx-') as tmp:
+        return _compile_exported(module, example, runtime, threads, tmp, name, spin)
+
+
+def _compile_exported(module, example, runtime, threads, workdir, name, spin):
+    """:func:`compile_module` for onnxruntime / OpenVINO: the ONNX file written in
+    ``workdir``, then loaded and compiled (the runtime keeps the model in memory)."""
     path, refs = _onnx_file(module, example, workdir)
     single = torch.is_tensor(refs) or len(refs) == 1
     feed_example = _numpy_native(example)

@@ -68,15 +68,13 @@ def measure_models(models, input_size, runtime='torch', device='cpu', threads=No
     (every model compiled, timed and released once per visit), so that a slow spell of a
     shared host falls on every model's runs alike, as it does round-robin."""
     from ..runtimes import compile_module
-    from .table import in_graph
+    from .table import in_graph, sweep_runs
     x = torch.randn(batch, 3, *input_size)
     if in_graph(runtime) and before_round is None and len(models) > 1:
         # OpenVINO: one model compiled at a time, as a deployment holds it (a process holding
         # many compiled models runs each slower, docs/latency.md); no round-robin then
-        visits = max(1, min(VISITS, runs))
         times = {label: [] for label in models}
-        for v in range(visits):
-            share = runs // visits + (v < runs % visits)
+        for share in sweep_runs(runs, max(1, min(VISITS, runs))):
             for label, model in models.items():
                 times[label] += measure_models({label: model}, input_size, runtime, device,
                                                threads, batch, share, warmup, progress, None,
