@@ -2,6 +2,7 @@
 uses, table files, predictions, refusals and resumable builds. Tiny sizes and few runs: the
 timings themselves are not asserted (the prediction accuracy is measured by the tool and
 recorded in docs/latency.md)."""
+import importlib.util
 import json
 import math
 import os.path as osp
@@ -361,6 +362,30 @@ def test_onnxruntime_table_and_v2_entries(tmp_path):
     v2 = tiny_table(tmp_path, family='v2', keys=v2keys, name='v2.json',
                     space=SearchSpace.default('v2').with_widths(16, 32))
     assert sorted(v2.entries) == sorted(v2keys) and v2.family == 'v2'
+
+
+def test_compiled_models_leave_no_onnx_files_behind(tmp_path, monkeypatch):
+    """onnxruntime and OpenVINO compile from an ONNX file written to a temporary folder, removed
+    once the runtime holds the model (a table build compiles one per entry and visit); the
+    compiled model still runs and equals PyTorch. A workdir given is kept."""
+    import tempfile
+
+    from mmef.runtimes import compile_module
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+    module = build_entry('v1', Entry.parse('mb4d1:16'), SIZE)[0]
+    x = torch.randn(1, 16, 5, 7)
+    runtimes = ['onnxruntime'] + (['openvino'] if importlib.util.find_spec('openvino') else [])
+    for runtime in runtimes:
+        compiled = compile_module(module, x, runtime, threads=1)
+        with torch.no_grad():
+            ref = module(x).numpy()
+        out = compiled.run(compiled.native(x))
+        assert abs(out - ref).max() <= 1e-4 * abs(ref).max(), runtime
+    assert list(tmp_path.iterdir()) == []
+    kept = tmp_path / 'kept'
+    kept.mkdir()
+    compile_module(module, x, 'onnxruntime', threads=1, workdir=str(kept))
+    assert (kept / 'model.onnx').is_file()
 
 
 def test_unavailable_runtimes_are_refused_with_the_reason(monkeypatch, tmp_path):
