@@ -155,7 +155,7 @@ class LatencyTable:
                                enumerate(drift['per_stage']) if d > DRIFT_WARN)
             out.append(f"the host's speed drifted while the table was built: the entries' sums "
                        f"in its {drift['sweeps']} sweeps differ by up to "
-                       f"{100 * drift['worst']:.0f} % ({stages}; a quiet host: a few %); the "
+                       f"{100 * drift['worst']:.0f} % ({stages}); the "
                        'medians over the sweeps absorb a slow spell in one of them, not a '
                        'host that changed for good: build it again on a quiet machine')
         check = self.meta.get('check')
