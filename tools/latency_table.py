@@ -353,8 +353,9 @@ def parse_args(argv=None):
                    'an entry')
     b.add_argument('--sweeps', type=int, default=None,
                    help=f'(default {SWEEPS}, or --runs when fewer) passes over the whole table '
-                   'that share each entry\'s --runs, so that a slow spell of the host falls on every stage alike (docs/latency.md); their '
-                   'difference is reported as the host\'s drift')
+                   'that share each entry\'s --runs, so that a slow spell of the host falls on '
+                   'every stage alike (docs/latency.md); their difference is reported as the '
+                   'host\'s drift')
     b.add_argument('--min-widths', nargs='+', type=int, metavar='W',
                    help='one width for every stage or four (default: the width step)')
     b.add_argument('--max-widths', nargs='+', type=int, metavar='W',

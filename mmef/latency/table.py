@@ -437,7 +437,8 @@ def sweep_runs(runs, sweeps):
 
 
 def _visits(entries, key):
-    return len(entries[key].get('sweeps_ms', [entries[key]['ms']])) if key in entries else 0
+    # every row of a build has sweeps_ms: a partial file of other settings is refused
+    return len(entries[key]['sweeps_ms']) if key in entries else 0
 
 
 def _time_entries(family, todo, entries, meta, input_size, runtime, device, threads, batch,
